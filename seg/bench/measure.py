@@ -1,0 +1,189 @@
+"""Timing, memory and FLOP helpers for the benchmark.
+
+Every timed step ends with a device sync, so a step's time is the work it launched, not just the time
+to queue it; throughput is the median over steps after warm-up, which shrugs off the odd slow step
+(a worker restart at an epoch boundary, a page fault, another process on a shared machine).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work; CPU ops are already synchronous."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@dataclass
+class StepTimes:
+    """Wall seconds and images of each timed step."""
+
+    seconds: list[float] = field(default_factory=list)
+    images: list[int] = field(default_factory=list)
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.seconds) if self.seconds else 0.0
+
+    @property
+    def median_images_per_second(self) -> float:
+        rates = [n / s for n, s in zip(self.images, self.seconds) if s > 0]
+        return statistics.median(rates) if rates else 0.0
+
+    @property
+    def mean_images_per_second(self) -> float:
+        total = sum(self.seconds)
+        return sum(self.images) / total if total > 0 else 0.0
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "images_per_second": self.median_images_per_second,
+            "images_per_second_mean": self.mean_images_per_second,
+            "step_seconds_median": self.median_seconds,
+            "step_seconds_min": min(self.seconds, default=0.0),
+            "step_seconds_max": max(self.seconds, default=0.0),
+            "timed_steps": len(self.seconds),
+            "timed_images": sum(self.images),
+        }
+
+
+def time_steps(step: Callable[[], int], *, warmup: int, steps: int, device: torch.device) -> StepTimes:
+    """Run `warmup` untimed then `steps` timed calls of `step` (which returns the images it used)."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    for _ in range(warmup):
+        step()
+    sync(device)
+    times = StepTimes()
+    for _ in range(steps):
+        start = time.perf_counter()
+        n = step()
+        sync(device)
+        times.seconds.append(time.perf_counter() - start)
+        times.images.append(int(n))
+    return times
+
+
+def cycle(make_loader: Callable[[int], Iterable[Any]]) -> Iterator[Any]:
+    """Batches across as many epochs as needed; `make_loader(epoch)` builds each epoch's loader (so
+    the shuffling order and worker start-up are those of a real run)."""
+    epoch = 1
+    while True:
+        empty = True
+        for batch in make_loader(epoch):
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the data loader yields no batches (is the split smaller than the batch size?)")
+        epoch += 1
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a fresh peak; False where only the process-lifetime peak can be read."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:  # Linux: "5" resets the peak RSS (VmHWM) of this process
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: max bytes allocated by tensors; CPU: this process's peak resident set (loader workers,
+    which are other processes, are not included)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def memory_kind(device: torch.device) -> str:
+    return "cuda_max_allocated" if device.type == "cuda" else "process_peak_rss"
+
+
+def count_train_flops(
+    model: nn.Module, image: torch.Tensor, mask: torch.Tensor, loss_fn: nn.Module, autocast: Any
+) -> int:
+    """FLOPs of one forward + backward on `image` (matmuls and convolutions, 2 per multiply-add).
+    Gradients it leaves are cleared; run it on the eager model, not a compiled one."""
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        with autocast:
+            logits = model(image)
+        loss_fn(logits.float(), mask).backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def matmul_peak_tflops(
+    device: torch.device, *, n: int = 8192, dtype: torch.dtype = torch.bfloat16, iters: int = 20
+) -> float:
+    """Measured dense matmul rate (TFLOP/s): the practical ceiling that MFU is reported against."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        out = a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        out = a @ b
+    sync(device)
+    seconds = time.perf_counter() - start
+    del out
+    return 2.0 * n**3 * iters / seconds / 1e12
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return platform.processor() or platform.machine()
+    return device.type
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    return {
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }

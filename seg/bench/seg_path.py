@@ -1,0 +1,145 @@
+"""The `seg` side of the benchmark, built from the engine's own pieces in the order `fit` uses them.
+
+The engine has no per-step function, so `SegRun.train_step` repeats the body of
+`loop.train_one_epoch` (to_device, augment, autocast forward, loss, backward, optimizer step, metric
+update, the periodic progress read-back) for one batch; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from seg.bench.measure import StepTimes, count_train_flops, cycle, sync, time_steps
+from seg.data.base import SegDataModule
+from seg.engine import builders
+from seg.engine.loop import _clip, evaluate, to_device
+from seg.engine.seeding import epoch_generator, seed_everything
+from seg.metrics import SegMetrics, per_image_stats
+
+
+class SegRun:
+    """Model, loss, augmentation, optimizer and loaders of a seg-train run, ready to time."""
+
+    def __init__(self, cfg: DictConfig, data: SegDataModule, device: torch.device) -> None:
+        t = cfg.trainer
+        self.cfg, self.t, self.data, self.device = cfg, t, data, device
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
+        self.amp = builders.build_amp(str(t.precision), device)
+        seed_everything(cfg.seed)
+        self.model = builders.build_model(cfg.model, t.weight_init).to(device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss_fn = builders.build(cfg.loss, "loss").to(device)
+        self.augment = builders.build(cfg.augmentation, "augmentation").to(device)
+        self.optimizer = builders.build_optimizer(cfg.optimizer, self.model, device)
+        self.metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names)
+        self.step_model = torch.compile(self.model) if t.compile else self.model
+        self.train_ds = data.dataset("train")
+        self._total = torch.zeros((), device=device, dtype=torch.float64)
+        self._steps = 0
+
+    def loader(self, epoch: int) -> Any:
+        t = self.t
+        return builders.build_loader(
+            self.train_ds, batch_size=t.batch_size, shuffle=True, num_workers=t.num_workers, device=self.device,
+            generator=epoch_generator(self.cfg.seed, epoch), drop_last=True, pin_memory=t.pin_memory,
+            prefetch_factor=t.prefetch_factor,
+        )  # fmt: skip
+
+    def batches(self) -> Iterator[dict[str, Any]]:
+        return cycle(self.loader)
+
+    def train_step(self, batch: dict[str, Any]) -> int:
+        """One step of loop.train_one_epoch; returns the batch's image count."""
+        t, amp, optimizer = self.t, self.amp, self.optimizer
+        image, mask, weight = to_device(batch, self.device, t.channels_last)
+        image, mask, weight = self.augment(image, mask, weight)
+        with amp.autocast():
+            logits = self.step_model(image)
+        loss = self.loss_fn(logits.float(), mask, weight=weight)
+        optimizer.zero_grad(set_to_none=True)
+        if amp.scaler is not None:
+            amp.scaler.scale(loss).backward()
+            if t.grad_clip_norm is not None or t.grad_clip_value is not None:
+                amp.scaler.unscale_(optimizer)
+                _clip(self.model, t.grad_clip_norm, t.grad_clip_value)
+            amp.scaler.step(optimizer)
+            amp.scaler.update()
+        else:
+            loss.backward()
+            _clip(self.model, t.grad_clip_norm, t.grad_clip_value)
+            optimizer.step()
+        self._total += loss.detach()
+        self.metrics.update(logits.detach(), mask)
+        self._steps += 1
+        if t.progress_every > 0 and self._steps % t.progress_every == 0:
+            (self._total / self._steps).item()  # the progress bar's read-back
+        return int(image.shape[0])
+
+    def time_training(self, warmup: int, steps: int) -> StepTimes:
+        self.model.train()
+        self.augment.train()
+        self.metrics.reset()
+        batches = self.batches()
+        try:
+            return time_steps(lambda: self.train_step(next(batches)), warmup=warmup, steps=steps, device=self.device)
+        finally:
+            batches.close()  # shuts the epoch's loader workers down now, not at garbage collection
+
+    def time_pipeline(self, warmup: int, steps: int) -> StepTimes:
+        """Loader + host-to-device copy + augmentation: what the data side can deliver alone."""
+        self.augment.train()
+        batches = self.batches()
+
+        def step() -> int:
+            image, mask, weight = to_device(next(batches), self.device, self.t.channels_last)
+            image, _, _ = self.augment(image, mask, weight)
+            return int(image.shape[0])
+
+        try:
+            return time_steps(step, warmup=warmup, steps=steps, device=self.device)
+        finally:
+            batches.close()
+
+    def flops_per_image(self) -> float:
+        batch = next(iter(self.loader(1)))
+        image, mask, _ = to_device(batch, self.device, self.t.channels_last)
+        flops = count_train_flops(self.model, image, mask, self.loss_fn, self.amp.autocast())
+        return flops / image.shape[0]
+
+    def eval_split(self) -> str:
+        return "val" if len(self.data.dataset("val")) > 0 else "test"
+
+    def time_eval(self) -> dict[str, Any]:
+        """evaluate() as seg-eval calls it (plain model, per-image statistics read back per batch),
+        without writing reports. One untimed batch first, so cuDNN autotuning is not timed."""
+        split = self.eval_split()
+        dataset = self.data.dataset(split)
+        metrics = SegMetrics(n_classes=self.data.n_classes, class_names=self.data.class_names)
+        rows: list[float] = []
+
+        def collect(batch: dict[str, Any], logits: torch.Tensor, mask: torch.Tensor) -> None:
+            rows.extend(per_image_stats(logits, mask)["dice"].cpu().tolist())
+
+        def loader(items: Any) -> Any:
+            return builders.build_loader(items, batch_size=self.t.batch_size, shuffle=False,
+                                         num_workers=self.t.num_workers, device=self.device)
+
+        self.model.to(memory_format=torch.contiguous_format)  # seg-eval builds a fresh NCHW model
+        warm = torch.utils.data.Subset(dataset, range(min(len(dataset), self.t.batch_size)))
+        evaluate(self.model, loader(warm), self.loss_fn, metrics, device=self.device, amp=self.amp, on_batch=collect)
+        rows.clear()
+        sync(self.device)
+        tick = time.perf_counter()
+        values = evaluate(self.model, loader(dataset), self.loss_fn, metrics, device=self.device, amp=self.amp,
+                          on_batch=collect)
+        sync(self.device)
+        seconds = time.perf_counter() - tick
+        return {"split": split, "images": len(rows), "seconds": seconds,
+                "images_per_second": len(rows) / seconds if seconds > 0 else 0.0, "dice": values.get("dice")}

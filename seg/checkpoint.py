@@ -1,0 +1,121 @@
+"""Checkpoints: written atomically, loaded safely (weights_only), with their provenance.
+
+A checkpoint is a plain dict (see `make_checkpoint`) that `torch.load(..., weights_only=True)` can read:
+tensors, numbers, strings and containers only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import seg
+from seg.errors import CheckpointError
+
+REQUIRED_KEYS = ("model", "config", "epoch")
+
+
+def versions() -> dict[str, str]:
+    return {"seg": seg.__version__, "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def make_checkpoint(**fields: Any) -> dict[str, Any]:
+    """Add provenance (command line, time, versions) to the training state."""
+    return {
+        **fields,
+        "argv": list(sys.argv),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write to a temporary file in the same folder, fsync, then rename: a crash or a full disk never
+    leaves a truncated file under the final name, and an existing checkpoint stays intact until the new
+    one is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with weights_only=True (no arbitrary code runs) and check it is a seg checkpoint."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        hint = " (it is a folder: pass the .pt file, e.g. checkpoints/best.pt)" if path.is_dir() else ""
+        raise CheckpointError(f"checkpoint not found: {path}{hint}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign or corrupt files
+        raise CheckpointError(
+            f"{path} is not a readable seg checkpoint ({_reason(exc)}). Expected a .pt file written by seg-train "
+            "(checkpoints/best.pt or last.pt in a run directory)."
+        ) from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        kind = f"a dict with keys {sorted(state)[:8]}" if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path} is not a seg checkpoint: it holds {kind}, missing {missing}. "
+            "Expected a file written by seg-train (checkpoints/best.pt or last.pt)."
+        )
+    return state
+
+
+def load_model_state(model: torch.nn.Module, state_dict: dict[str, Any], source: str | Path) -> None:
+    """Strict load with a message that names the differing keys, not torch's wall of text."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own.keys() & state_dict.keys()
+        if hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s) e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s) e.g. {unexpected[:3]}")
+        if shapes:
+            parts.append(f"shape mismatch e.g. {shapes[:3]}")
+        raise CheckpointError(
+            f"the weights in {source} do not fit the model built from its config: {'; '.join(parts)}. "
+            "Do not override model.* or dataset channel/class settings when loading this checkpoint."
+        )
+    model.load_state_dict(state_dict)
+
+
+def _reason(exc: Exception) -> str:
+    """The informative line of torch's (long, multi-paragraph) load error."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error:"):
+            return "it holds Python objects that a safe load refuses: " + line.split(":", 1)[1].strip().split(". ")[0]
+    return lines[0] if lines else type(exc).__name__

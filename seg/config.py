@@ -1,0 +1,97 @@
+"""Typed schemas for the top-level config, registered in Hydra's ConfigStore.
+
+The group configs (dataset, model, loss, ...) are free-form `_target_` nodes checked by the classes they
+build; the keys around them are typed here, so `trainer.epochs=ten` or `trainer.epoch=3` fails at start
+with Hydra's own message instead of deep inside training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+
+class MonitorMode(str, Enum):
+    max = "max"
+    min = "min"
+
+
+PRECISIONS = ("auto", "32", "bf16", "16")  # auto = bf16 autocast on CUDA, fp32 elsewhere
+
+
+class OverlayChoice(str, Enum):
+    worst = "worst"
+    all = "all"
+    none = "none"
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 16
+    num_workers: int = 0
+    val_every: int = 1  # validate at the first epoch, then every N epochs (and at the last)
+    device: str = "auto"  # auto = cuda if available, else cpu; or cpu, cuda, cuda:1, mps
+    monitor: str = "val/dice"
+    monitor_mode: MonitorMode = MonitorMode.max
+    precision: str = "auto"  # one of PRECISIONS (a str: `trainer.precision=16` must work)
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"  # aot_eager checks the compiled path quickly on a CPU
+    cudnn_benchmark: bool = True
+    grad_clip_norm: Optional[float] = None
+    grad_clip_value: Optional[float] = None
+    early_stopping: Optional[int] = None  # patience, in validations without improvement
+    weight_init: str = "default"  # kaiming, xavier, normal, orthogonal, default
+    preview_images: int = 4  # fixed images shown with overlays in TensorBoard
+    progress_every: int = 10  # steps between progress-bar loss updates (each one is a host sync)
+    pin_memory: bool = True
+    prefetch_factor: int = 4
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    dataset: Any = MISSING
+    model: Any = MISSING
+    loss: Any = MISSING
+    augmentation: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = None
+    resume: Optional[str] = None  # PATH/last.pt, or `auto` for <run dir>/checkpoints/last.pt
+    run_dir: Optional[str] = None  # default: Hydra's output directory
+
+
+@dataclass
+class EvalConfig:
+    ckpt: str = MISSING
+    split: str = "test"
+    out_dir: Optional[str] = None  # default: <run dir of the checkpoint>/eval/<split>
+    dataset: Dict[str, Any] = field(default_factory=dict)  # overrides on top of the stored dataset
+    device: str = "auto"
+    batch_size: Optional[int] = None  # default: the training batch size
+    num_workers: int = 0
+    precision: Optional[str] = None  # default: the training precision
+    overlays: OverlayChoice = OverlayChoice.worst
+    n_overlays: int = 8
+
+
+def _ctx_channels(k: Any) -> int:
+    return 2 * int(k) + 1
+
+
+def register() -> None:
+    """Register schemas and resolvers once; safe to call again."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    if not OmegaConf.has_resolver("seg.ctx_channels"):
+        OmegaConf.register_new_resolver("seg.ctx_channels", _ctx_channels)
+
+
+register()

@@ -1,0 +1,216 @@
+"""What every dataset gives the engine, and the cached-array base most readers build on.
+
+A dataset config instantiates a `SegDataModule`. Items of its torch datasets are dicts:
+  image : Tensor[C,H,W], uint8 (scaled to [0,1] on the device) or float32 (used as is, e.g. CT in HU)
+  mask  : Tensor[H,W] uint8 class ids; binary sets use {0,1}; IGNORE_INDEX marks pixels not scored
+  index : int, position in the split (so `dataset.ids[index]` names the case)
+  weight: Tensor[H,W] float32, optional per-pixel loss weights
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from skimage.transform import resize
+from torch.utils.data import Dataset
+
+from seg.data.cache import CachedArrays, build_or_load
+from seg.data.split import SPLITS, seeded_split
+from seg.errors import ConfigError
+
+IGNORE_INDEX = 255
+
+DEFAULT_RATIOS = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+
+class SegDataModule(ABC):
+    """Channel and class counts, class names, and one torch Dataset per split."""
+
+    name: str = "dataset"
+    in_channels: int = 3
+    n_classes: int = 1  # 1 = binary with a single logit; >1 = one logit per class
+    class_names: list[str] = ["foreground"]
+
+    @abstractmethod
+    def split_ids(self) -> dict[str, list[str]]:
+        """Case ids per split; written to split.json in the run directory."""
+
+    @abstractmethod
+    def dataset(self, split: str) -> Dataset:
+        """A Dataset of item dicts (see module docstring) with an `ids` list attribute."""
+
+    def set_meta(
+        self, in_channels: int | None, n_classes: int | None, class_names: Sequence[str] | None
+    ) -> None:
+        """Take channel/class settings from the config; the config is the single place a model reads
+        them from (`${dataset.in_channels}`), so a reader checks them rather than silently differing."""
+        if in_channels is not None:
+            self.in_channels = int(in_channels)
+        if n_classes is not None:
+            self.n_classes = int(n_classes)
+        if class_names is not None:
+            self.class_names = [str(c) for c in class_names]
+        expected = 1 if self.n_classes == 1 else self.n_classes
+        if len(self.class_names) != expected:
+            raise ConfigError(
+                f"dataset.class_names has {len(self.class_names)} name(s) {self.class_names} but "
+                f"n_classes={self.n_classes} needs {expected} (binary sets name only the foreground)"
+            )
+
+    def require(self, key: str, value: Any, expected: Any) -> None:
+        """Fail at start when a config value contradicts what the data really is."""
+        if value != expected:
+            raise ConfigError(f"{self.name}: dataset.{key}={value!r} does not fit this dataset, expected {expected!r}")
+
+    def preview_indices(self, split: str, k: int) -> list[int]:
+        """Fixed items shown in TensorBoard at every validation: evenly spaced, same every time."""
+        n = len(self.dataset(split))
+        if n == 0 or k <= 0:
+            return []
+        return sorted({int(i) for i in np.linspace(0, n - 1, num=min(k, n))})
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}: expected one of {list(SPLITS)}")
+
+
+def as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    size = tuple(int(s) for s in image_size)
+    if len(size) != 2:
+        raise ConfigError(f"dataset.image_size must be an int or [height, width], got {image_size!r}")
+    return size  # type: ignore[return-value]
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Anti-aliased resize of an HxWxC uint8 image, kept uint8."""
+    if image.shape[:2] == size:
+        return np.ascontiguousarray(image)
+    out = resize(image, size, order=1, mode="reflect", anti_aliasing=True, preserve_range=True)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int], binary: bool) -> np.ndarray:
+    """Masks stay label maps: binary masks by thresholding a linear resize at 0.5 (smooth edges),
+    class maps by nearest neighbour (no invented classes)."""
+    if mask.shape[:2] == size:
+        return np.ascontiguousarray(mask, dtype=np.uint8)
+    if binary:
+        out = resize((mask == 1).astype(np.float32), size, order=1, mode="edge", anti_aliasing=False)
+        out = (out > 0.5).astype(np.uint8)
+        if (mask == IGNORE_INDEX).any():  # "not scored" pixels must not turn into foreground
+            ignored = resize(mask == IGNORE_INDEX, size, order=0, mode="edge", anti_aliasing=False)
+            out[ignored] = IGNORE_INDEX
+        return out
+    out = resize(mask, size, order=0, mode="edge", anti_aliasing=False, preserve_range=True)
+    return out.astype(np.uint8)
+
+
+class ArrayDataset(Dataset):
+    """A split view over cached (possibly memory-mapped) arrays."""
+
+    def __init__(self, arrays: CachedArrays, indices: Sequence[int]) -> None:
+        self.arrays = arrays
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.ids = [arrays.ids[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        i = int(self.indices[index])
+        # np.array copies out of the read-only memory map into a writable, contiguous CHW array.
+        image = np.array(np.moveaxis(self.arrays.images[i], -1, 0), order="C")
+        item = {
+            "image": torch.from_numpy(image),
+            "mask": torch.from_numpy(np.array(self.arrays.masks[i], order="C")),
+            "index": index,
+        }
+        if self.arrays.weights is not None:
+            item["weight"] = torch.from_numpy(np.array(self.arrays.weights[i], order="C"))
+        return item
+
+
+class CachedArrayData(SegDataModule):
+    """Base for readers whose cases decode to one image + mask: list cases, decode each once into a
+    cache of resized arrays, split by case id.
+
+    Subclasses implement `list_cases()` (validate the layout, return sorted ids) and
+    `load_case(id)` (decode at native resolution: HxWxC uint8 image, HxW uint8 mask), and may override
+    `official_split()` when the release ships its own split, or `cache_fields()` for extra settings.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str | None = None,
+        image_size: int | Sequence[int] = 256,
+        split: Mapping[str, float] | None = None,
+        split_seed: int = 42,
+        cache_dir: str | None = None,
+        in_channels: int | None = None,
+        n_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        self.set_meta(in_channels, n_classes, class_names)
+        self.root = Path(root).expanduser() if root else None
+        self.image_size = as_size(image_size)
+        self.ratios = dict(split) if split else dict(DEFAULT_RATIOS)
+        self.split_seed = int(split_seed)
+        self.cache_dir = cache_dir
+        self._arrays: CachedArrays | None = None
+        self._split: dict[str, list[str]] | None = None
+        self._datasets: dict[str, ArrayDataset] = {}
+
+    @abstractmethod
+    def list_cases(self) -> list[str]: ...
+
+    @abstractmethod
+    def load_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def official_split(self, ids: list[str]) -> dict[str, list[str]] | None:
+        return None
+
+    def cache_fields(self) -> dict[str, Any]:
+        root = str(self.root.resolve()) if self.root else None
+        return {"name": self.name, "root": root, "image_size": list(self.image_size)}
+
+    def weight_fn(self) -> Any:
+        """Optional per-mask weight-map function computed once into the cache (None: no weights)."""
+        return None
+
+    def _load_resized(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = self.load_case(case_id)
+        if image.ndim == 2:
+            image = image[..., None]
+        return resize_image(image, self.image_size), resize_mask(mask, self.image_size, self.n_classes == 1)
+
+    @property
+    def arrays(self) -> CachedArrays:
+        if self._arrays is None:
+            ids = self.list_cases()
+            self._arrays = build_or_load(
+                self.cache_dir, self.name, self.cache_fields(), ids, self._load_resized, self.weight_fn()
+            )
+        return self._arrays
+
+    def split_ids(self) -> dict[str, list[str]]:
+        if self._split is None:
+            ids = list(self.arrays.ids)
+            self._split = self.official_split(ids) or seeded_split(ids, self.ratios, self.split_seed)
+        return self._split
+
+    def dataset(self, split: str) -> ArrayDataset:
+        check_split(split)
+        if split not in self._datasets:
+            position = {case: i for i, case in enumerate(self.arrays.ids)}
+            indices = [position[c] for c in self.split_ids()[split]]
+            self._datasets[split] = ArrayDataset(self.arrays, indices)
+        return self._datasets[split]

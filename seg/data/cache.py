@@ -1,0 +1,117 @@
+"""Decode once: resized arrays kept on disk as .npy files and opened memory-mapped.
+
+A cache entry is a folder `<cache_dir>/<name>-<key>/` with images.npy (N,H,W,C uint8 or float32),
+masks.npy (N,H,W uint8), optional weights.npy (N,H,W float32) and ids.json. The key hashes everything
+that changes the arrays, so a changed config makes a new entry and never reads a stale one. Entries are
+written to a temporary folder and renamed into place, so an interrupted build leaves nothing half-done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+CACHE_VERSION = 1
+
+
+def cache_key(fields: Mapping[str, Any]) -> str:
+    blob = json.dumps({"v": CACHE_VERSION, **fields}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SEG_CACHE_DIR") or Path.home() / ".cache" / "seg").expanduser()
+
+
+@dataclass
+class CachedArrays:
+    images: np.ndarray
+    masks: np.ndarray
+    ids: list[str]
+    weights: np.ndarray | None = None
+    path: Path | None = None
+
+
+def load_entry(path: Path) -> CachedArrays:
+    weights = path / "weights.npy"
+    return CachedArrays(
+        images=np.load(path / "images.npy", mmap_mode="r"),
+        masks=np.load(path / "masks.npy", mmap_mode="r"),
+        ids=json.loads((path / "ids.json").read_text()),
+        weights=np.load(weights, mmap_mode="r") if weights.exists() else None,
+        path=path,
+    )
+
+
+def build_or_load(
+    cache_dir: str | Path | None,
+    name: str,
+    fields: Mapping[str, Any],
+    ids: list[str],
+    load: Callable[[str], tuple[np.ndarray, np.ndarray]],
+    weight_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    desc: str | None = None,
+) -> CachedArrays:
+    """Return the cached arrays for `fields`, decoding every id with `load` on the first call only.
+
+    `load(id)` returns (image HxWxC, mask HxW) already resized to a common size. Arrays are written
+    case by case into memory-mapped files, so RAM stays bounded by one case however large the set.
+    """
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    # The ids are part of the key: adding or removing files makes a new entry, never a stale one.
+    ids_digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    entry = root / f"{name}-{cache_key({**fields, 'ids': ids_digest})}"
+    if (entry / "ids.json").exists():
+        return load_entry(entry)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=root))
+    try:
+        _write_arrays(tmp, ids, load, weight_fn, desc or f"decoding {name}")
+        (tmp / "meta.json").write_text(json.dumps(dict(fields), indent=1, default=str))
+        try:
+            os.replace(tmp, entry)
+        except OSError:  # another process finished the same entry first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_entry(entry)
+
+
+def _write_arrays(
+    out: Path,
+    ids: list[str],
+    load: Callable[[str], tuple[np.ndarray, np.ndarray]],
+    weight_fn: Callable[[np.ndarray], np.ndarray] | None,
+    desc: str,
+) -> None:
+    images = masks = weights = None
+    for i, case in enumerate(tqdm(ids, desc=desc, unit="img", leave=False, disable=None)):
+        image, mask = load(case)
+        if images is None:
+            images = np.lib.format.open_memmap(out / "images.npy", "w+", image.dtype, (len(ids), *image.shape))
+            masks = np.lib.format.open_memmap(out / "masks.npy", "w+", np.uint8, (len(ids), *mask.shape))
+            if weight_fn is not None:
+                weights = np.lib.format.open_memmap(out / "weights.npy", "w+", np.float32, (len(ids), *mask.shape))
+        images[i] = image
+        masks[i] = mask
+        if weights is not None:
+            weights[i] = weight_fn(mask)
+    for arr in (images, masks, weights):
+        if arr is not None:
+            arr.flush()
+    (out / "ids.json").write_text(json.dumps(list(ids)))
+
+
+def iter_entries(cache_dir: str | Path) -> Iterable[Path]:
+    return sorted(p for p in Path(cache_dir).expanduser().glob("*-*") if (p / "ids.json").exists())

@@ -1,0 +1,261 @@
+"""SIIM-ACR Pneumothorax: chest X-rays with run-length encoded pneumothorax masks.
+
+Two on-disk layouts are read (`layout: auto` picks whichever is present, DICOM first):
+
+- dicom: the Kaggle release, `dicom-images-train/<study>/<series>/<SOPInstanceUID>.dcm` plus
+  `train-rle.csv` (`ImageId, EncodedPixels`; `-1` = no pneumothorax; one row per region). Image ids are
+  the SOPInstanceUIDs (file stems). Images without a CSV row, and rows without an image, are skipped
+  with one warning. Cases are split by image with `split` ratios and `split_seed`.
+- png: the common converted copy, `<split>/images|inputs/*.png` with masks of the same stem in
+  `<split>/masks|labels/` (0/255 or 0/1). With two or more of the folders train/val/test present they
+  are the split (ids `<split>/<stem>`); with one, it is cut by `split` ratios.
+
+Empty masks dominate the release (about 78 %), so `positive_oversample` repeats images with
+pneumothorax in the training split only; validation and test keep the true prevalence, which the
+`val/dice_kaggle` metric (an empty prediction on an empty mask scores 1) depends on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from seg.data.base import ArrayDataset, CachedArrayData, check_split
+from seg.data.io import IMAGE_SUFFIXES, read_gray, read_label
+from seg.data.rle import read_rle_csv, rle_decode
+from seg.data.split import SPLITS
+from seg.errors import ConfigError, DatasetError
+
+log = logging.getLogger("seg.data")
+
+DICOM_DIR = "dicom-images-train"
+RLE_CSV = "train-rle.csv"
+IMAGE_DIRS = ("images", "inputs")
+MASK_DIRS = ("masks", "labels")
+LAYOUTS = ("auto", "dicom", "png")
+EXPECTED = (
+    f"expected either the Kaggle DICOM layout ({DICOM_DIR}/<study>/<series>/<SOPInstanceUID>.dcm with "
+    f"{RLE_CSV}) or the PNG layout (<split>/images|inputs/*.png with <split>/masks|labels/*.png, "
+    f"split folders among {list(SPLITS)})"
+)
+
+
+def read_dicom_gray(path: Path) -> np.ndarray:
+    """HxW uint8 from a single-frame grey DICOM.
+
+    SimpleITK >= 2.1 (ITK >= 5.2) already converts MONOCHROME1 to MONOCHROME2 while reading, so the
+    array is always "low = dark" and is not inverted again here. Other pixel types are min-max
+    rescaled to 0-255 (a 12-bit CR would otherwise be clipped).
+    """
+    try:
+        array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatasetError(f"cannot read DICOM {path}: {first}. Re-download or remove this file.") from None
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise DatasetError(f"DICOM {path} has pixel array shape {array.shape}; expected one grey 2-D frame")
+    if array.dtype == np.uint8:
+        return array
+    values = array.astype(np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _names(items: Sequence[str], k: int = 5) -> str:
+    shown = ", ".join(items[:k])
+    return shown + (f", ... ({len(items) - k} more)" if len(items) > k else "")
+
+
+def _first_dir(parent: Path, names: Sequence[str]) -> Path | None:
+    return next((parent / n for n in names if (parent / n).is_dir()), None)
+
+
+class SIIMData(CachedArrayData):
+    """SIIM-ACR pneumothorax segmentation (1 grey channel, binary mask)."""
+
+    name = "siim"
+    in_channels = 1
+    n_classes = 1
+    class_names = ["pneumothorax"]
+    kaggle_metric = True  # the engine reports val/dice_kaggle (empty-vs-empty scores 1)
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        layout: str = "auto",
+        image_size: int | Sequence[int] = 128,
+        split: Mapping[str, float] | None = None,
+        split_seed: int = 42,
+        positive_oversample: float = 1.0,
+        cache_dir: str | None = None,
+        in_channels: int | None = 1,
+        n_classes: int | None = 1,
+        class_names: Sequence[str] | None = ("pneumothorax",),
+    ) -> None:
+        super().__init__(
+            root=root, image_size=image_size, split=split, split_seed=split_seed, cache_dir=cache_dir,
+            in_channels=in_channels, n_classes=n_classes, class_names=class_names,
+        )
+        self.require("in_channels", self.in_channels, 1)
+        self.require("n_classes", self.n_classes, 1)
+        if layout not in LAYOUTS:
+            raise ConfigError(f"siim: dataset.layout={layout!r} is unknown; expected one of {list(LAYOUTS)}")
+        if not float(positive_oversample) >= 1.0:
+            raise ConfigError(
+                f"siim: dataset.positive_oversample={positive_oversample!r} must be >= 1.0 "
+                f"(1.0 = no oversampling, 2.0 = images with pneumothorax appear twice as often)"
+            )
+        self.layout = layout
+        self.positive_oversample = float(positive_oversample)
+        self._images: dict[str, Path] = {}
+        self._rles: dict[str, list[tuple[int, str]]] = {}
+        self._masks: dict[str, Path] = {}
+        self._folder_split: dict[str, list[str]] | None = None
+        self._ids_digest = ""
+
+    # ---- layout -------------------------------------------------------------------------------
+    def resolved_layout(self) -> str:
+        if self.root is None or not self.root.is_dir():
+            raise DatasetError(f"siim: dataset.root {self.root} is not a folder; {EXPECTED}. Set dataset.root=...")
+        has_dicom = (self.root / DICOM_DIR).is_dir() or (self.root / RLE_CSV).is_file()
+        has_png = any(_first_dir(self.root / s, IMAGE_DIRS) for s in SPLITS)
+        if self.layout == "dicom" or (self.layout == "auto" and has_dicom):
+            missing = [n for n in (DICOM_DIR, RLE_CSV) if not (self.root / n).exists()]
+            if missing:
+                raise DatasetError(f"siim: {self.root} lacks {missing}; {EXPECTED}")
+            return "dicom"
+        if self.layout == "png" or has_png:
+            if not has_png:
+                raise DatasetError(f"siim: no <split>/images or <split>/inputs folder under {self.root}; {EXPECTED}")
+            return "png"
+        raise DatasetError(f"siim: nothing recognisable under {self.root}; {EXPECTED}")
+
+    def list_cases(self) -> list[str]:
+        layout = self.resolved_layout()
+        root = Path(str(self.root))  # resolved_layout checked it is a folder
+        ids = self._list_dicom(root) if layout == "dicom" else self._list_png(root)
+        if not ids:
+            raise DatasetError(f"siim: no image with a mask found under {self.root}; {EXPECTED}")
+        self._ids_digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+        return ids
+
+    def _list_dicom(self, root: Path) -> list[str]:
+        self._rles = read_rle_csv(root / RLE_CSV)
+        images: dict[str, Path] = {}
+        for path in sorted((root / DICOM_DIR).rglob("*.dcm")):
+            if path.stem in images:
+                raise DatasetError(
+                    f"siim: two DICOMs share the SOPInstanceUID {path.stem}: {images[path.stem]} and {path}; "
+                    f"remove the duplicate"
+                )
+            images[path.stem] = path
+        self._images = images
+        no_image = sorted(set(self._rles) - set(images))
+        no_row = sorted(set(images) - set(self._rles))
+        if no_image or no_row:
+            log.warning(
+                "siim: skipping %d image id(s) listed in %s without a DICOM under %s [%s] and %d DICOM(s) "
+                "without a row in %s [%s]",
+                len(no_image), RLE_CSV, DICOM_DIR, _names(no_image), len(no_row), RLE_CSV, _names(no_row),
+            )
+        return sorted(set(images) & set(self._rles))
+
+    def _list_png(self, root: Path) -> list[str]:
+        folders = [s for s in SPLITS if _first_dir(root / s, IMAGE_DIRS)]
+        by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
+        unmatched: list[str] = []
+        self._images, self._masks = {}, {}
+        for split in folders:
+            image_dir = _first_dir(root / split, IMAGE_DIRS) or root / split / IMAGE_DIRS[0]
+            mask_dir = _first_dir(root / split, MASK_DIRS)
+            masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES} if mask_dir else {}
+            for path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+                case = f"{split}/{path.stem}"
+                if path.stem not in masks:
+                    unmatched.append(case)
+                    continue
+                self._images[case], self._masks[case] = path, masks[path.stem]
+                by_split[split].append(case)
+        if unmatched:
+            log.warning(
+                "siim: skipping %d image(s) without a mask of the same name in <split>/%s [%s]",
+                len(unmatched), "|".join(MASK_DIRS), _names(unmatched),
+            )
+        self._folder_split = by_split if len(folders) >= 2 else None
+        return sorted(c for ids in by_split.values() for c in ids)
+
+    # ---- decoding -----------------------------------------------------------------------------
+    def load_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        if case_id in self._masks:
+            image = read_gray(self._images[case_id])
+            label = read_label(self._masks[case_id])
+            if label.shape != image.shape:
+                raise DatasetError(
+                    f"siim: mask {self._masks[case_id]} is {label.shape} but its image is {image.shape}; "
+                    f"masks must match their image's size"
+                )
+            return image, (label > (0 if label.max() <= 1 else 127)).astype(np.uint8)
+        image = read_dicom_gray(self._images[case_id])
+        height, width = image.shape
+        mask = np.zeros((height, width), dtype=np.uint8)
+        for line, rle in self._rles[case_id]:
+            try:
+                np.maximum(mask, rle_decode(rle, height, width), out=mask)
+            except DatasetError as exc:
+                raise DatasetError(
+                    f"siim: {self.root / RLE_CSV} line {line} (ImageId {case_id}): {exc}. Fix or remove this row."
+                ) from None
+        return image, mask
+
+    def cache_fields(self) -> dict[str, Any]:
+        fields = super().cache_fields()
+        fields.update(layout=self.resolved_layout(), ids=self._ids_digest)
+        if fields["layout"] == "dicom" and self.root is not None:
+            stat = (self.root / RLE_CSV).stat()
+            fields["csv"] = [stat.st_size, stat.st_mtime_ns]
+        return fields
+
+    # ---- splits -------------------------------------------------------------------------------
+    def official_split(self, ids: list[str]) -> dict[str, list[str]] | None:
+        if self._folder_split is None:
+            return None
+        return {s: sorted(v) for s, v in self._folder_split.items()}
+
+    def positives(self, indices: Sequence[int]) -> np.ndarray:
+        """Which cached cases have any foreground, read in chunks so RAM stays small."""
+        idx = np.asarray(indices, dtype=np.int64)
+        out = np.zeros(len(idx), dtype=bool)
+        masks = self.arrays.masks
+        for begin in range(0, len(idx), 512):
+            chunk = idx[begin : begin + 512]
+            out[begin : begin + 512] = masks[chunk].reshape(len(chunk), -1).any(axis=1)
+        return out
+
+    def dataset(self, split: str) -> ArrayDataset:
+        """The train split repeats positive images `positive_oversample` times on average: every positive
+        appears floor(f) times and a seeded fraction f - floor(f) of them once more."""
+        check_split(split)
+        if split != "train" or self.positive_oversample == 1.0:
+            return super().dataset(split)
+        if split not in self._datasets:
+            position = {case: i for i, case in enumerate(self.arrays.ids)}
+            base = np.array([position[c] for c in self.split_ids()[split]], dtype=np.int64)
+            positive = base[self.positives(base)]
+            whole = int(np.floor(self.positive_oversample))
+            extra_n = int(round((self.positive_oversample - whole) * len(positive)))
+            rng = np.random.default_rng(self.split_seed)
+            extra = rng.choice(positive, size=extra_n, replace=False) if extra_n else positive[:0]
+            indices = np.sort(np.concatenate([base, *([positive] * (whole - 1)), extra]))
+            self._datasets[split] = ArrayDataset(self.arrays, indices)
+        return self._datasets[split]

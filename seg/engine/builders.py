@@ -1,0 +1,130 @@
+"""Config -> objects. Every `_target_` node is instantiated here, so errors from a constructor reach
+the user as one SegError message instead of Hydra's wrapped traceback."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from seg.config import PRECISIONS
+from seg.data.base import SegDataModule
+from seg.engine.amp import Amp
+from seg.engine.seeding import worker_init_fn
+from seg.errors import ConfigError, SegError
+
+
+def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    """instantiate() that surfaces our own errors as they are and names the group for the rest."""
+    missing = sorted(OmegaConf.missing_keys(node)) if isinstance(node, DictConfig) else []
+    if missing:
+        keys = ", ".join(f"{what}.{k}" for k in missing)
+        raise ConfigError(f"missing required value(s) {keys}: set them on the command line, e.g. {what}.{missing[0]}=...")
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, SegError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, SegError):
+            raise cause from None
+        target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+        reason = str(exc.__cause__ or exc).strip().splitlines()[-1]
+        raise ConfigError(f"could not build the {what} ({target}): {reason}. Check the {what}.* options.") from None
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"trainer.device={spec!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={spec} but CUDA is not available here: use trainer.device=cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.device=mps but MPS is not available here: use trainer.device=cpu or auto")
+    return device
+
+
+def build_data(node: DictConfig) -> SegDataModule:
+    data = build(node, "dataset")
+    if not isinstance(data, SegDataModule):
+        raise ConfigError(f"dataset._target_ must build a seg.data.base.SegDataModule, got {type(data).__name__}")
+    return data
+
+
+def build_model(node: DictConfig, weight_init: str) -> torch.nn.Module:
+    model = build(node, "model")
+    if weight_init != "default":
+        from seg.models.init import init_weights
+
+        skip = model.pretrained_modules() if hasattr(model, "pretrained_modules") else []
+        init_weights(model, weight_init, skip=skip)
+    return model
+
+
+def build_optimizer(node: DictConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """Only trainable parameters go to the optimizer (a frozen encoder stays out); fused kernels on
+    CUDA where the optimizer has them."""
+    factory = build(node, "optimizer")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters (is everything frozen?)")
+    kwargs: dict[str, Any] = {}
+    if device.type == "cuda" and "fused" in inspect.signature(factory.func).parameters:
+        kwargs["fused"] = True
+    return factory(params, **kwargs)
+
+
+def build_scheduler(node: DictConfig | None, optimizer: torch.optim.Optimizer, epochs: int, mode: str) -> Any:
+    if node is None or "_target_" not in node:
+        return None
+    factory = build(node, "scheduler")
+    return factory(optimizer, epochs=epochs, mode=mode)
+
+
+def build_amp(precision: str, device: torch.device) -> Amp:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r}: expected one of {list(PRECISIONS)}")
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "32"
+    return Amp.create(precision, device)
+
+
+def build_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    pin_memory: bool = True,
+    prefetch_factor: int = 4,
+    collate_fn: Callable | None = None,
+) -> DataLoader:
+    if batch_size < 1:
+        raise ConfigError(f"trainer.batch_size must be >= 1, got {batch_size}")
+    workers = max(0, int(num_workers))
+    extra: dict[str, Any] = {}
+    if workers > 0:
+        extra = {"persistent_workers": False, "prefetch_factor": prefetch_factor, "worker_init_fn": worker_init_fn}
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=generator,
+        drop_last=drop_last and len(dataset) > batch_size,
+        pin_memory=pin_memory and device.type == "cuda",
+        collate_fn=collate_fn,
+        **extra,
+    )

@@ -1,0 +1,126 @@
+"""seg-eval: rebuild model and data from a checkpoint's stored config, score a split, write reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Subset
+
+from seg.checkpoint import load_checkpoint, load_model_state, sha256
+from seg.data.base import check_split
+from seg.engine import builders
+from seg.engine.loop import evaluate
+from seg.engine.preview import Preview, _safe_tag
+from seg.errors import CheckpointError
+from seg.logger.overlay import save_png
+from seg.metrics import SegMetrics, per_image_stats
+
+log = logging.getLogger("seg")
+
+SUMMARY_KEYS = ("dice", "iou", "precision", "recall", "f1", "dice_per_image")
+
+
+def default_out_dir(ckpt: Path, split: str) -> Path:
+    if ckpt.parent.name == "checkpoints":
+        return ckpt.parent.parent / "eval" / f"{ckpt.stem}-{split}"
+    return ckpt.parent / f"eval-{ckpt.stem}-{split}"
+
+
+def stored_config(ckpt: dict[str, Any], dataset_overrides: Any, path: Path) -> DictConfig:
+    config = ckpt.get("config")
+    if not isinstance(config, dict) or not all(k in config for k in ("dataset", "model", "loss")):
+        raise CheckpointError(f"{path} carries no usable training config (dataset/model/loss); was it written by seg-train?")
+    cfg = OmegaConf.create(config)
+    if dataset_overrides:
+        cfg.dataset = OmegaConf.merge(cfg.dataset, dataset_overrides)
+    return cfg
+
+
+def for_inference(model_cfg: DictConfig) -> DictConfig:
+    """Weights come from the checkpoint: never fetch pretrained encoder weights again."""
+    model_cfg = model_cfg.copy()
+    if "pretrained" in model_cfg and model_cfg.pretrained:
+        model_cfg.pretrained = None
+        if "normalize_input" in model_cfg:
+            model_cfg.normalize_input = True
+    return model_cfg
+
+
+def run_eval(cfg: DictConfig) -> dict[str, Any]:
+    path = Path(cfg.ckpt).expanduser()
+    ckpt = load_checkpoint(path)
+    digest = sha256(path)
+    check_split(cfg.split)
+    train_cfg = stored_config(ckpt, cfg.dataset, path)
+    trainer = train_cfg.get("trainer", {})
+    device = builders.resolve_device(cfg.device)
+    amp = builders.build_amp(str(cfg.precision or trainer.get("precision", "auto")), device)
+    data = builders.build_data(train_cfg.dataset)
+    dataset = data.dataset(cfg.split)
+    model = builders.build(for_inference(train_cfg.model), "model")
+    load_model_state(model, ckpt["model"], path)
+    model.to(device).eval()
+    loss_fn = builders.build(train_cfg.loss, "loss").to(device)
+    metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names,
+                         kaggle=bool(getattr(data, "kaggle_metric", False)))
+    batch_size = int(cfg.batch_size or trainer.get("batch_size", 16))
+    loader = builders.build_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=cfg.num_workers,
+                                   device=device)
+    rows: list[dict[str, Any]] = []
+    ids = list(getattr(dataset, "ids", range(len(dataset))))
+
+    def collect(batch: dict[str, Any], logits: torch.Tensor, mask: torch.Tensor) -> None:
+        stats = {k: v.cpu().tolist() for k, v in per_image_stats(logits, mask).items()}
+        for j, index in enumerate(batch["index"].tolist()):
+            rows.append({"id": ids[index], "index": index, **{k: stats[k][j] for k in ("dice", "iou", "precision", "recall")}})
+
+    values = evaluate(model, loader, loss_fn, metrics, device=device, amp=amp, desc=f"eval {cfg.split}", on_batch=collect)
+    out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else default_out_dir(path, cfg.split)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {**values, "n_images": len(rows), "split": cfg.split, "checkpoint": str(path.resolve()),
+              "checkpoint_sha256": digest, "epoch": ckpt.get("epoch")}
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
+    _write_csv(out_dir / "per_image.csv", rows)
+    n_saved = _save_overlays(cfg, rows, dataset, data.n_classes, model, device, amp, out_dir / "overlays")
+    _print_table(values, len(rows), cfg.split, path)
+    log.info("wrote %s, %s and %d overlay(s) to %s", "metrics.json", "per_image.csv", n_saved, out_dir)
+    return report
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "dice", "iou", "precision", "recall"], extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _save_overlays(cfg: DictConfig, rows: list[dict[str, Any]], dataset: Any, n_classes: int,
+                   model: torch.nn.Module, device: torch.device, amp: Any, folder: Path) -> int:
+    choice = str(getattr(cfg.overlays, "value", cfg.overlays))
+    if choice == "none" or not rows:
+        return 0
+    chosen = rows if choice == "all" else sorted(rows, key=lambda r: r["dice"])[: max(0, cfg.n_overlays)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(chosen), 16):  # bounded memory even with overlays=all
+        part = chosen[start : start + 16]
+        subset = Subset(dataset, [r["index"] for r in part])
+        panels = Preview(subset, list(range(len(part))), n_classes).render(model, device, amp)
+        for rank, (row, panel) in enumerate(zip(part, panels), start=start):
+            prefix = f"{rank:04d}_" if choice == "worst" else ""
+            save_png(panel, folder / f"{prefix}{_safe_tag(str(row['id']))}_dice{row['dice']:.3f}.png")
+    return len(chosen)
+
+
+def _print_table(values: dict[str, float], n: int, split: str, path: Path) -> None:
+    keys = [k for k in SUMMARY_KEYS if k in values] + sorted(k for k in values if k not in SUMMARY_KEYS)
+    width = max(len(k) for k in keys)
+    lines = [f"{path} on {split} ({n} images)", "-" * (width + 12)]
+    lines += [f"{k:<{width}}  {values[k]:>9.4f}" for k in keys]
+    print("\n".join(lines))

@@ -1,0 +1,70 @@
+"""Seeds and random states: the same seed gives the same run, and a resumed run continues the same
+random streams (Python, NumPy, torch CPU and CUDA)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Give each data-loader worker distinct NumPy/Python streams derived from torch's per-worker seed
+    (which the loader derives from its generator, so they repeat with the seed)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The shuffling order of an epoch depends only on (seed, epoch): resuming at any epoch sees the
+    same order as an uninterrupted run."""
+    g = torch.Generator()
+    g.manual_seed(seed * 1_000_003 + epoch)
+    return g
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": _numpy_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_python_state(state["python"]))
+    _set_numpy_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_python_state(state: Any) -> tuple:
+    """random.setstate needs tuples; a checkpoint round trip may hand back lists."""
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def _numpy_state() -> dict[str, Any]:
+    """NumPy's state with its key array as a tensor, so checkpoints load with weights_only=True."""
+    state = np.random.get_state(legacy=False)
+    inner = state["state"]
+    return {**state, "state": {"key": torch.from_numpy(inner["key"].astype(np.int64)), "pos": int(inner["pos"])}}
+
+
+def _set_numpy_state(state: dict[str, Any]) -> None:
+    inner = state["state"]
+    key = np.asarray(inner["key"].numpy() if torch.is_tensor(inner["key"]) else inner["key"], dtype=np.uint32)
+    np.random.set_state({**state, "state": {"key": key, "pos": int(inner["pos"])}})

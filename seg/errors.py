@@ -1,0 +1,17 @@
+"""Errors a user can cause. The CLI prints their message and exits non-zero, without a traceback."""
+
+
+class SegError(Exception):
+    """Base class: the message must say what was expected and what to do."""
+
+
+class DatasetError(SegError):
+    """Missing root, wrong layout, unreadable or corrupt file, malformed CSV."""
+
+
+class CheckpointError(SegError):
+    """A path that is not a seg checkpoint, or one that does not fit the model."""
+
+
+class ConfigError(SegError):
+    """A configuration value that composes but makes no sense (e.g. unknown split)."""

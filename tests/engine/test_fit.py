@@ -1,0 +1,130 @@
+"""fit(): training runs end to end, logs, keeps checkpoints, reproduces with a seed, resumes exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from seg.checkpoint import load_checkpoint
+from seg.engine.fit import fit
+from seg.errors import CheckpointError, ConfigError
+from tests.engine.conftest import compose_cfg
+
+def test_short_training_through_fit(tmp_path: Path) -> None:
+    cfg = compose_cfg(["trainer.epochs=1"], tmp_path)
+    result = fit(cfg, tmp_path)
+    assert result["epoch"] == 1
+    for key in ("val/dice", "val/iou", "val/precision", "val/recall", "val/f1", "val/dice_per_image",
+                "val/percent_tp", "val/percent_fn", "val/percent_fp"):
+        assert 0.0 <= result[key] <= 100.0, key
+    assert result["val/loss"] > 0
+    assert (tmp_path / "checkpoints" / "best.pt").is_file()
+
+
+def test_run_directory_contents(tmp_path: Path) -> None:
+    cfg = compose_cfg([], tmp_path)
+    result = fit(cfg, tmp_path)
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert set(split) == {"train", "val", "test"} and len(split["train"]) == 14
+    assert not set(split["train"]) & set(split["val"])
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    for key in ("model", "optimizer", "scheduler", "epoch", "samples_seen", "best_score", "monitor", "metrics",
+                "config", "argv", "created", "versions"):
+        assert key in ckpt, key
+    assert ckpt["epoch"] == 2 and ckpt["samples_seen"] == 2 * 12  # 14 train items, batch 4, drop_last
+    assert ckpt["monitor"] == "val/dice"
+    assert ckpt["config"]["dataset"]["n_images"] == 20 and isinstance(ckpt["config"], dict)
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert best["best_score"] == pytest.approx(result["best_score"])
+    assert best["metrics"]["val/dice"] == pytest.approx(result["best_score"])
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "val/dice", "val/iou", "lr", "perf/data_wait_fraction"} <= scalars
+    assert [e.step for e in events.Scalars("val/dice")] == [1, 2]
+    images = events.Tags()["images"]
+    assert len([t for t in images if t.startswith("val/overlay/")]) == 2
+    assert len([t for t in images if t.startswith("train/overlay/")]) == 2
+    first_val = sorted(t for t in images if t.startswith("val/overlay/"))[0]
+    assert [e.step for e in events.Images(first_val)] == [1, 2]  # the same image at every validation
+
+
+def test_same_seed_same_first_losses(tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        cfg = compose_cfg(["trainer.epochs=1", "augmentation=flip"], tmp_path / name)
+        fit(cfg, tmp_path / name)
+        runs.append(load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["model"])
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[1][key]), key
+
+
+def test_resume_gives_the_same_weights_as_training_straight(tmp_path: Path) -> None:
+    """4 epochs straight == 2 epochs, then resume=last.pt for 2 more (augmentation, shuffling and the
+    plateau scheduler's state included)."""
+    common = ["augmentation=affine", "scheduler=plateau", "scheduler.patience=0", "trainer.val_every=1"]
+    fit(compose_cfg([*common, "trainer.epochs=4"], tmp_path / "straight"), tmp_path / "straight")
+    fit(compose_cfg([*common, "trainer.epochs=2"], tmp_path / "resumed"), tmp_path / "resumed")
+    last = tmp_path / "resumed" / "checkpoints" / "last.pt"
+    fit(compose_cfg([*common, "trainer.epochs=4", f"resume={last}"], tmp_path / "other"), tmp_path / "other")
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(last)
+    assert b["epoch"] == 4 and b["samples_seen"] == a["samples_seen"]
+    assert b["best_score"] == pytest.approx(a["best_score"]) and b["scheduler"] == a["scheduler"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert not (tmp_path / "other" / "checkpoints").exists()  # the resumed run continued in its own folder
+    events = EventAccumulator(str(tmp_path / "resumed" / "tb")).Reload()
+    assert [e.step for e in events.Scalars("val/dice")] == [1, 2, 3, 4]  # one continuous curve
+
+
+def _fit_epochs(cfg, run_dir: Path, stop_after: int) -> None:
+    """Train with the full schedule but interrupt (as SIGINT would) after `stop_after` epochs."""
+    import seg.engine.fit as fit_module
+
+    real = fit_module.train_one_epoch
+    calls = {"n": 0}
+
+    def limited(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > stop_after:
+            kwargs["should_stop"] = lambda: True
+        return real(*args, **kwargs)
+
+    fit_module.train_one_epoch = limited
+    try:
+        fit(cfg, run_dir)
+    finally:
+        fit_module.train_one_epoch = real
+
+
+def test_interrupt_saves_last_and_keeps_best(tmp_path: Path) -> None:
+    cfg = compose_cfg(["trainer.epochs=3"], tmp_path)
+    _fit_epochs(cfg, tmp_path, stop_after=1)
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert last["epoch"] == 1 and best["epoch"] == 1
+    assert last["samples_seen"] > best["samples_seen"]  # the finished steps of epoch 2 are kept
+
+
+def test_unknown_monitor_names_the_available_metrics(tmp_path: Path) -> None:
+    cfg = compose_cfg(["trainer.monitor=val/accuracy", "trainer.epochs=1"], tmp_path)
+    with pytest.raises(ConfigError, match="val/dice"):
+        fit(cfg, tmp_path)
+
+
+def test_resume_from_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = compose_cfg([f"resume={tmp_path / 'nope.pt'}"], tmp_path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        fit(cfg, tmp_path)
+
+
+def test_early_stopping_and_min_mode(tmp_path: Path) -> None:
+    cfg = compose_cfg(["trainer.epochs=6", "trainer.monitor=val/loss", "trainer.monitor_mode=min",
+                       "trainer.early_stopping=1", "optimizer.lr=0.0", "model.batch_norm=false"], tmp_path)
+    result = fit(cfg, tmp_path)
+    assert result["epoch"] == 2  # lr 0, no batch-norm statistics: nothing changes after epoch 1
+    assert result["best_epoch"] == 1

@@ -1,0 +1,86 @@
+"""Precision modes, channels_last, torch.compile, clipping, weight init and SIGINT, on the CPU."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from seg.checkpoint import load_checkpoint
+from seg.engine.builders import build_amp
+from seg.engine.fit import fit
+from seg.engine.loop import _clip
+from seg.errors import ConfigError
+from tests.engine.conftest import compose_cfg
+
+
+@pytest.mark.parametrize("precision, scaler", [("32", False), ("bf16", False), ("16", True)])
+def test_precisions_train_on_cpu(tmp_path: Path, precision: str, scaler: bool) -> None:
+    cfg = compose_cfg([f"trainer.precision={precision}", "trainer.epochs=1"], tmp_path)
+    result = fit(cfg, tmp_path)
+    assert result["val/loss"] == result["val/loss"]  # not NaN
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert (ckpt["scaler"] is not None) == scaler
+    assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # weights stay fp32
+
+
+def test_auto_precision_is_fp32_on_cpu_and_bad_values_are_named() -> None:
+    assert build_amp("auto", torch.device("cpu")).dtype is None
+    with pytest.raises(ConfigError, match="bf16"):
+        build_amp("fp8", torch.device("cpu"))
+
+
+def test_channels_last_and_compile_paths(tmp_path: Path) -> None:
+    cfg = compose_cfg(["trainer.channels_last=true", "trainer.compile=true", "trainer.compile_backend=aot_eager",
+                       "trainer.epochs=1"], tmp_path)
+    result = fit(cfg, tmp_path)
+    state = load_checkpoint(tmp_path / "checkpoints" / "best.pt")["model"]
+    assert not any(k.startswith("_orig_mod") for k in state)  # plain, unwrapped state_dict
+    assert result["val/dice"] >= 0
+
+
+def test_gradient_clipping() -> None:
+    model = torch.nn.Linear(4, 4)
+    model(torch.randn(8, 4) * 100).pow(2).sum().backward()
+    _clip(model, norm=None, value=0.01)
+    assert all(p.grad.abs().max() <= 0.01 + 1e-9 for p in model.parameters())
+    _clip(model, norm=0.001, value=None)
+    total = torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters()))
+    assert total <= 0.001 + 1e-6
+
+
+def test_weight_init_and_frozen_encoder_reach_the_optimizer(tmp_path: Path) -> None:
+    cfg = compose_cfg(["model=mobilenet_unet", "model.width_mult=0.35", "model.decoder_channels=[16,16,8,8]",
+                       "model.freeze_encoder=true", "trainer.weight_init=kaiming", "trainer.epochs=1"], tmp_path)
+    fit(cfg, tmp_path)
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    n_trainable_tensors = len(ckpt["optimizer"]["param_groups"][0]["params"])
+    n_encoder = sum(1 for k in ckpt["model"] if k.startswith("encoder.") and k.endswith("weight"))
+    assert 0 < n_trainable_tensors < len([k for k in ckpt["model"] if "running" not in k and "num_batches" not in k])
+    assert n_encoder > 0
+
+
+def test_sigint_saves_last_and_says_how_to_resume(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "seg-train"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "seg.cli.train"]
+    args = ["dataset.n_images=400", "dataset.image_size=32", "trainer.batch_size=2", "model.depth=2", "model.wf=3",
+            "trainer.epochs=50", "hydra.run.dir=run"]
+    proc = subprocess.Popen([*command, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert last.exists(), proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "seg-train resume=" in out + err
+    assert "Traceback" not in err
+    assert load_checkpoint(last)["epoch"] >= 1

@@ -1,0 +1,74 @@
+"""Checkpoints: round trip, atomic writes that never damage an existing file, clear load errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from seg.checkpoint import load_checkpoint, load_model_state, make_checkpoint, save_checkpoint, sha256
+from seg.errors import CheckpointError
+
+
+def _state(model: torch.nn.Module) -> dict:
+    return make_checkpoint(model=model.state_dict(), config={"model": {}}, epoch=3, metrics={"val/dice": 0.5})
+
+
+def test_round_trip_with_weights_only(tmp_path: Path) -> None:
+    model = torch.nn.Conv2d(3, 2, 3)
+    path = save_checkpoint(_state(model), tmp_path / "ckpt" / "best.pt")
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 3 and loaded["metrics"] == {"val/dice": 0.5}
+    assert {"argv", "created", "versions"} <= set(loaded)
+    other = torch.nn.Conv2d(3, 2, 3)
+    load_model_state(other, loaded["model"], path)
+    assert torch.equal(other.weight, model.weight)
+    assert len(sha256(path)) == 64 and sha256(path) == sha256(path)
+
+
+def test_failed_write_leaves_the_old_file_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = torch.nn.Conv2d(3, 2, 3)
+    path = save_checkpoint(_state(model), tmp_path / "best.pt")
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(_state(torch.nn.Conv2d(3, 2, 3)), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"this is not a checkpoint", "not a readable seg checkpoint"),
+        (None, "not a seg checkpoint"),
+    ],
+)
+def test_not_a_checkpoint(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "x.pt"
+    if content is None:
+        torch.save({"weights": torch.zeros(2)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_missing_and_folder_paths(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="folder"):
+        load_checkpoint(tmp_path)
+
+
+def test_mismatched_weights_name_the_keys(tmp_path: Path) -> None:
+    state = torch.nn.Conv2d(3, 2, 3).state_dict()
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_model_state(torch.nn.Conv2d(1, 2, 3), state, "x.pt")
+    with pytest.raises(CheckpointError, match="missing"):
+        load_model_state(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3)), state, "x.pt")

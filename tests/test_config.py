@@ -1,0 +1,155 @@
+"""Every option in configs/ composes against the typed schema, and its objects can be built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from seg.cli.common import config_dir
+from seg.engine import builders
+
+CONFIGS = config_dir()
+GROUPS = ("dataset", "model", "loss", "augmentation", "optimizer", "scheduler", "experiment")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        return compose(config_name="train", overrides=overrides)
+
+
+def test_every_group_has_its_documented_options() -> None:
+    expected = {
+        "dataset": {"synthetic", "ph2", "luna16", "pets", "siim", "isbi2012", "folder"},
+        "model": {"segnet", "unet", "unet_wrapper", "mobilenet_unet"},
+        "loss": {"bce", "dice", "dice_bce", "dice_recall", "ce", "dice_ce", "weighted_bce"},
+        "augmentation": {"none", "flip", "affine", "strong"},
+        "optimizer": {"adam", "adamw", "sgd", "rmsprop"},
+        "scheduler": {"none", "plateau", "cosine", "poly"},
+        "experiment": {"ph2_segnet", "luna_unet", "pets_unet", "siim_unet", "isbi_unet"},
+    }
+    for group, names in expected.items():
+        assert names <= set(options(group)), f"{group}: missing {names - set(options(group))}"
+
+
+def test_default_config_is_typed_and_complete() -> None:
+    cfg = compose_train([])
+    assert cfg.dataset._target_ == "seg.data.synthetic.SyntheticData"
+    assert cfg.trainer.monitor == "val/dice" and cfg.trainer.device == "auto"
+    assert OmegaConf.missing_keys(cfg) == set()
+    assert cfg.model.in_channels == cfg.dataset.in_channels == 3
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.epochs=ten", "trainer.epochs"),
+        ("trainer.epoch=3", "epoch"),
+        ("trainer.monitor_mode=up", "monitor_mode"),
+        ("seeed=1", "seeed"),
+        ("model=resnet", "model"),
+    ],
+)
+def test_bad_overrides_fail_at_composition(override: str, message: str) -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_train([override])
+    assert message in str(info.value) or message in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_model_options_build_and_run(name: str) -> None:
+    cfg = compose_train([f"model={name}"])
+    model = builders.build_model(cfg.model, "default")
+    out = model(torch.rand(1, cfg.dataset.in_channels, 64, 64))
+    assert out.shape == (1, cfg.dataset.n_classes, 64, 64)
+
+
+@pytest.mark.parametrize("name", options("loss"))
+def test_loss_options_build(name: str) -> None:
+    multi = name in ("ce", "dice_ce")
+    cfg = compose_train([f"loss={name}"])
+    loss = builders.build(cfg.loss, "loss")
+    k = 3 if multi else 1
+    logits = torch.randn(2, k, 8, 8, requires_grad=True)
+    mask = torch.randint(0, k if multi else 2, (2, 8, 8))
+    weight = torch.rand(2, 8, 8) + 0.5
+    value = loss(logits, mask, weight=weight)
+    value.backward()
+    assert value.ndim == 0 and torch.isfinite(value)
+
+
+@pytest.mark.parametrize("name", options("augmentation"))
+def test_augmentation_options_build(name: str) -> None:
+    cfg = compose_train([f"augmentation={name}"])
+    augment = builders.build(cfg.augmentation, "augmentation").train()
+    image, mask = torch.rand(2, 3, 32, 32), torch.randint(0, 2, (2, 32, 32))
+    out_image, out_mask, _ = augment(image, mask, None)
+    assert out_image.shape == image.shape and out_mask.shape == mask.shape
+    assert set(out_mask.unique().tolist()) <= {0, 1, 255}
+
+
+@pytest.mark.parametrize("opt", options("optimizer"))
+@pytest.mark.parametrize("sched", options("scheduler"))
+def test_optimizer_and_scheduler_options_build(opt: str, sched: str) -> None:
+    cfg = compose_train([f"optimizer={opt}", f"scheduler={sched}"])
+    model = torch.nn.Conv2d(3, 1, 3)
+    optimizer = builders.build_optimizer(cfg.optimizer, model, torch.device("cpu"))
+    scheduler = builders.build_scheduler(cfg.scheduler, optimizer, epochs=5, mode="max")
+    assert (scheduler is None) == (sched == "none")
+    lrs = []
+    for _ in range(5):
+        optimizer.step()
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(0.5)
+        elif scheduler is not None:
+            scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert all(lr >= 0 for lr in lrs)
+    if sched in ("cosine", "poly"):
+        assert lrs[-1] < max(lrs)
+
+
+@pytest.mark.parametrize("name", options("dataset"))
+def test_dataset_options_compose(name: str) -> None:
+    cfg = compose_train([f"dataset={name}"])
+    assert cfg.dataset._target_.startswith("seg.data.")
+    for key in ("in_channels", "n_classes", "class_names"):
+        assert key in cfg.dataset
+    # Model channels follow the dataset without being set twice.
+    assert cfg.model.in_channels == cfg.dataset.in_channels
+    assert cfg.model.n_classes == cfg.dataset.n_classes
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiment_recipes_compose_and_build(name: str) -> None:
+    cfg = compose_train([f"experiment={name}", "dataset.root=/data"])
+    assert OmegaConf.missing_keys(cfg) == set()
+    model = builders.build_model(cfg.model, cfg.trainer.weight_init)
+    builders.build(cfg.loss, "loss")
+    builders.build(cfg.augmentation, "augmentation")
+    builders.build_optimizer(cfg.optimizer, model, torch.device("cpu"))
+    builders.build_scheduler(cfg.scheduler, builders.build_optimizer(cfg.optimizer, model, torch.device("cpu")),
+                             cfg.trainer.epochs, "max")
+
+
+def test_ph2_segnet_recipe_matches_the_notebook() -> None:
+    cfg = compose_train(["experiment=ph2_segnet", "dataset.root=/data"])
+    assert cfg.dataset._target_ == "seg.data.ph2.PH2Data" and cfg.dataset.image_size == 256
+    assert cfg.model._target_ == "seg.models.SegNet"
+    assert cfg.optimizer.lr == pytest.approx(1e-3) and cfg.optimizer.weight_decay == pytest.approx(1e-6)
+    assert cfg.trainer.batch_size == 32 and cfg.trainer.epochs == 30 and cfg.seed == 42
+
+
+def test_eval_config_composes() -> None:
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        cfg = compose(config_name="eval", overrides=["ckpt=x.pt", "+dataset.root=/data", "split=val"])
+    assert cfg.ckpt == "x.pt" and cfg.dataset.root == "/data" and cfg.split == "val"
