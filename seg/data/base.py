@@ -90,10 +90,12 @@ def as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Anti-aliased resize of an HxWxC uint8 image, kept uint8."""
+    """Anti-aliased resize of an HxWxC image; uint8 stays uint8, other types keep their values."""
     if image.shape[:2] == size:
         return np.ascontiguousarray(image)
     out = resize(image, size, order=1, mode="reflect", anti_aliasing=True, preserve_range=True)
+    if image.dtype != np.uint8:
+        return out.astype(image.dtype)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
