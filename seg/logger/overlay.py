@@ -15,6 +15,7 @@ from PIL import Image
 TP_GREEN = (0.0, 0.85, 0.0)
 FP_RED = (1.0, 0.0, 0.0)
 FN_ORANGE = (1.0, 0.6, 0.0)
+TRUTH_BLUE = (0.1, 0.55, 1.0)  # binary ground truth: a colour none of TP/FP/FN uses
 PALETTE = (
     (0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16), (0.58, 0.4, 0.74),
     (0.55, 0.34, 0.29), (0.89, 0.47, 0.76), (0.5, 0.5, 0.5), (0.74, 0.74, 0.13), (0.09, 0.75, 0.81),
@@ -51,10 +52,11 @@ def binary_overlay(display: torch.Tensor, pred: torch.Tensor, target: torch.Tens
 
 
 def class_overlay(display: torch.Tensor, labels: torch.Tensor, n_classes: int, alpha: float = 0.45) -> torch.Tensor:
-    """One colour per class id; for binary maps only the foreground (1) is coloured."""
+    """One colour per class id; for binary maps only the foreground (1) is coloured, in blue."""
+    if n_classes == 1:
+        return _paint(display, labels == 1, TRUTH_BLUE, alpha)
     out = display
-    classes = [1] if n_classes == 1 else range(n_classes)
-    for k in classes:
+    for k in range(n_classes):
         out = _paint(out, labels == k, PALETTE[k % len(PALETTE)], alpha)
     return out
 
