@@ -1,5 +1,5 @@
 """seg-bench: `seg-bench [seg-train overrides ...] [--steps N] [--warmup N] [--json PATH]
-[--cache-dir DIR] [--skip-reference] [--skip-eval]`.
+[--rounds N] [--cache-dir DIR] [--skip-reference] [--skip-eval]`.
 
 One process measures, for one training config: seg's training throughput, the tutorial-style
 reference loop's and their ratio, the data pipeline alone, data preparation (fresh cache, then
@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from seg.bench.measure import (
-    machine_info,
-    matmul_peak_tflops,
-    memory_kind,
-    peak_memory_bytes,
-    reset_peak_memory,
-    sync,
-)
+from seg.bench.measure import interleaved, machine_info, matmul_peak_tflops, memory_kind, split_steps, sync
 from seg.bench.reference import ReferenceRun
 from seg.bench.seg_path import SegRun
 from seg.cli.common import config_dir, user_errors
@@ -49,14 +42,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="seg-train overrides, e.g. model=segnet trainer.precision=bf16")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default 20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile, autotune; default 5)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="seg and reference steps alternate in this many chunks (default 4)")
     parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="output file (default benchmark.json)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where the fresh, deleted-afterwards data cache goes (default: the system temp folder)")
     parser.add_argument("--skip-reference", action="store_true", help="do not run the reference loop")
     parser.add_argument("--skip-eval", action="store_true", help="do not time evaluation")
     args = parser.parse_intermixed_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        parser.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
+    if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error(f"need --steps >= 1, --warmup >= 0 and --rounds >= 1, got {args.steps}, {args.warmup}, "
+                     f"{args.rounds}")
     return args
 
 
@@ -109,7 +105,7 @@ def describe(cfg: DictConfig, overrides: Sequence[str], data: Any, amp_precision
     }
 
 
-def run_benchmark(cfg: DictConfig, overrides: Sequence[str], *, steps: int, warmup: int,
+def run_benchmark(cfg: DictConfig, overrides: Sequence[str], *, steps: int, warmup: int, rounds: int = 4,
                   skip_reference: bool = False, skip_eval: bool = False,
                   cache_parent: Path | None = None) -> dict[str, Any]:
     device = builders.resolve_device(cfg.trainer.device)
@@ -124,30 +120,32 @@ def run_benchmark(cfg: DictConfig, overrides: Sequence[str], *, steps: int, warm
                 cfg.dataset.cache_dir = cache
         data, prep = time_data_prep(cfg)
         prep["fresh_cache"] = "cache_dir" in cfg.dataset
-        seg = SegRun(cfg, data, device)
-        result: dict[str, Any] = {"config": describe(cfg, overrides, data, seg.amp.precision),
-                                  "machine": machine_info(device), "settings": {"steps": steps, "warmup": warmup},
-                                  "memory_kind": memory_kind(device), "data_prep": prep}
-        resets = reset_peak_memory(device)
-        train = seg.time_training(warmup, steps).summary()
-        train["peak_memory_bytes"] = peak_memory_bytes(device)
-        result["seg"] = train
-        result["peak_memory_resettable"] = resets
+        n_samples = (warmup + steps) * int(cfg.trainer.batch_size)
+        factories: dict[str, Callable[[], Any]] = {"seg": lambda: SegRun(cfg, data, device)}
+        if not skip_reference:
+            factories["reference"] = lambda: ReferenceRun(cfg, data, device, n_samples=n_samples)
+        paths = interleaved(factories, warmup=warmup, steps=steps, rounds=rounds, device=device)
+        seg: SegRun = paths["seg"].run
+        result: dict[str, Any] = {
+            "config": describe(cfg, overrides, data, seg.amp.precision), "machine": machine_info(device),
+            "settings": {"steps": steps, "warmup": warmup, "rounds": len(split_steps(steps, rounds))},
+            "memory_kind": memory_kind(device), "data_prep": prep,
+        }  # fmt: skip
+        for name, path in paths.items():
+            result[name] = {**path.times.summary(), "peak_memory_bytes": path.peak_memory_bytes,
+                            "memory_increase_bytes": path.memory_increase_bytes}
+        train = result["seg"]
+        result["reference"] = result.get("reference")
+        result["speedup"] = None
+        if result["reference"] is not None:
+            result["reference"]["dataset_images"] = len(paths["reference"].run.dataset)
+            result["speedup"] = _ratio(train["images_per_second"], result["reference"]["images_per_second"])
+            del paths["reference"]
         pipe = seg.time_pipeline(warmup, steps).summary()
         pipe["ratio_to_training"] = _ratio(pipe["images_per_second_mean"], train["images_per_second"])
         result["data_pipeline"] = pipe
         result["flops"] = flops_figures(seg.flops_per_image(), train["images_per_second"], device)
         result["eval"] = None if skip_eval else seg.time_eval()
-        result["reference"] = result["speedup"] = None
-        if not skip_reference:
-            del seg
-            ref = ReferenceRun(cfg, data, device, n_samples=(warmup + steps) * int(cfg.trainer.batch_size))
-            reset_peak_memory(device)
-            figures = ref.time_training(warmup, steps).summary()
-            figures["peak_memory_bytes"] = peak_memory_bytes(device)
-            figures["dataset_images"] = len(ref.dataset)
-            result["reference"] = figures
-            result["speedup"] = _ratio(train["images_per_second"], figures["images_per_second"])
         return result
     finally:
         shutil.rmtree(cache, ignore_errors=True)
@@ -188,9 +186,10 @@ def format_table(r: dict[str, Any]) -> str:
     rows.append(("data prep, first run", _fmt(prep["first_seconds"], " s", 3), "fresh cache"))
     rows.append(("data prep, second run", _fmt(prep["second_seconds"], " s", 3), f"{ratio} of first (target < 5%)"))
     kind = "CUDA max allocated" if r["memory_kind"] == "cuda_max_allocated" else "process peak RSS"
-    rows.append(("peak memory, seg", _fmt(seg["peak_memory_bytes"] / 2**20, " MiB"), kind))
-    if r["reference"] is not None:
-        rows.append(("peak memory, reference", _fmt(r["reference"]["peak_memory_bytes"] / 2**20, " MiB"), kind))
+    for name in ("seg", "reference"):
+        if r[name] is not None:
+            peak, rise = r[name]["peak_memory_bytes"] / 2**20, r[name]["memory_increase_bytes"] / 2**20
+            rows.append((f"peak memory, {name}", _fmt(peak, " MiB"), f"{kind}; +{rise:,.1f} MiB over its start"))
     fl = r["flops"]
     rows.append(("FLOPs per image", _fmt(fl["per_image"] / 1e9, " GFLOP", 3), "forward + backward"))
     rows.append(("achieved", _fmt(fl["achieved_tflops"], " TFLOP/s", 3), "at the seg training rate"))
@@ -203,7 +202,8 @@ def format_table(r: dict[str, Any]) -> str:
             f"precision {c['precision']}, channels_last {c['channels_last']}, compile {c['compile']}, "
             f"workers {c['num_workers']}, augmentation: {'; '.join(c['augmentation'])}")
     machine = (f"{m['device']} ({m['device_name']}), torch {m['torch']}, {m['cpu_count']} CPUs, "
-               f"{m['torch_threads']} threads; {r['settings']['warmup']} warm-up + {r['settings']['steps']} timed steps")
+               f"{m['torch_threads']} threads; {r['settings']['warmup']} warm-up + {r['settings']['steps']} timed steps "
+               f"in {r['settings']['rounds']} alternating rounds")
     w1, w2 = max(len(a) for a, _, _ in rows), max(len(b) for _, b, _ in rows)
     lines = [head, machine, "-" * (w1 + w2 + 40)]
     lines += [f"{a:<{w1}}  {b:>{w2}}  {note}" for a, b, note in rows]
@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             cfg = compose_config(args.overrides)
         except HydraException as exc:
             raise ConfigError(f"cannot compose the config from {args.overrides}: {_first_line(exc)}") from None
-        result = run_benchmark(cfg, args.overrides, steps=args.steps, warmup=args.warmup,
+        result = run_benchmark(cfg, args.overrides, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
                                skip_reference=args.skip_reference, skip_eval=args.skip_eval,
                                cache_parent=args.cache_dir)
         print(format_table(result))

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -51,6 +51,10 @@ class StepTimes:
         total = sum(self.seconds)
         return sum(self.images) / total if total > 0 else 0.0
 
+    def extend(self, other: "StepTimes") -> None:
+        self.seconds.extend(other.seconds)
+        self.images.extend(other.images)
+
     def summary(self) -> dict[str, float]:
         return {
             "images_per_second": self.median_images_per_second,
@@ -78,6 +82,56 @@ def time_steps(step: Callable[[], int], *, warmup: int, steps: int, device: torc
         times.seconds.append(time.perf_counter() - start)
         times.images.append(int(n))
     return times
+
+
+def split_steps(steps: int, rounds: int) -> list[int]:
+    """`steps` as `rounds` near-equal chunks (fewer when steps < rounds), larger chunks first."""
+    n = max(1, min(int(rounds), int(steps)))
+    return [steps // n + (1 if i < steps % n else 0) for i in range(n)]
+
+
+class Steppable(Protocol):
+    def start(self) -> None: ...
+
+    def step(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class PathResult:
+    run: Any
+    times: StepTimes
+    peak_memory_bytes: int
+    memory_increase_bytes: int
+
+
+def interleaved(
+    factories: dict[str, Callable[[], Steppable]], *, warmup: int, steps: int, rounds: int, device: torch.device
+) -> dict[str, PathResult]:
+    """Time several training paths in alternating chunks, so a change in background load (a shared
+    machine) hits all of them alike instead of skewing their ratio. Each path is built, warmed up
+    and run for its first chunk alone, with a fresh memory peak: its peak and its increase over the
+    memory in use before it was built are its own."""
+    chunks = split_steps(steps, rounds)
+    results: dict[str, PathResult] = {}
+    try:
+        for name, make in factories.items():
+            reset_peak_memory(device)
+            base = current_memory_bytes(device)
+            run = make()
+            run.start()
+            results[name] = PathResult(run, StepTimes(), 0, 0)
+            results[name].times = time_steps(run.step, warmup=warmup, steps=chunks[0], device=device)
+            peak = peak_memory_bytes(device)
+            results[name].peak_memory_bytes, results[name].memory_increase_bytes = peak, max(0, peak - base)
+        for chunk in chunks[1:]:
+            for result in results.values():
+                result.times.extend(time_steps(result.run.step, warmup=0, steps=chunk, device=device))
+    finally:
+        for result in results.values():
+            result.run.close()
+    return results
 
 
 def cycle(make_loader: Callable[[int], Iterable[Any]]) -> Iterator[Any]:
@@ -121,6 +175,20 @@ def peak_memory_bytes(device: torch.device) -> int:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def current_memory_bytes(device: torch.device) -> int:
+    """CUDA: bytes allocated by tensors now; CPU: this process's resident set now."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def memory_kind(device: torch.device) -> str:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from skimage.transform import resize
 from torch.utils.data import DataLoader, Dataset
 
-from seg.bench.measure import StepTimes, cycle, time_steps
+from seg.bench.measure import cycle
 from seg.data.base import IGNORE_INDEX, CachedArrayData, SegDataModule
 from seg.engine import builders
 from seg.engine.seeding import seed_everything
@@ -106,6 +106,7 @@ class ReferenceRun:
         self.loss_fn = builders.build(cfg.loss, "loss").to(device)
         self.optimizer = builders.build(cfg.optimizer, "optimizer")(self.model.parameters())
         self.losses: list[float] = []
+        self._batches: Iterator[Any] | None = None
 
     def loader(self, epoch: int) -> DataLoader:
         return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True)
@@ -121,10 +122,14 @@ class ReferenceRun:
         self.losses.append(loss.item())
         return int(images.shape[0])
 
-    def time_training(self, warmup: int, steps: int) -> StepTimes:
+    def start(self) -> None:
         self.model.train()
-        batches: Iterator[Any] = cycle(self.loader)
-        try:
-            return time_steps(lambda: self.train_step(next(batches)), warmup=warmup, steps=steps, device=self.device)
-        finally:
-            batches.close()
+        self._batches = cycle(self.loader)
+
+    def step(self) -> int:
+        return self.train_step(next(self._batches))
+
+    def close(self) -> None:
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None

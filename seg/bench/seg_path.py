@@ -43,6 +43,7 @@ class SegRun:
         self.train_ds = data.dataset("train")
         self._total = torch.zeros((), device=device, dtype=torch.float64)
         self._steps = 0
+        self._batches: Iterator[dict[str, Any]] | None = None
 
     def loader(self, epoch: int) -> Any:
         t = self.t
@@ -82,15 +83,19 @@ class SegRun:
             (self._total / self._steps).item()  # the progress bar's read-back
         return int(image.shape[0])
 
-    def time_training(self, warmup: int, steps: int) -> StepTimes:
+    def start(self) -> None:
         self.model.train()
         self.augment.train()
         self.metrics.reset()
-        batches = self.batches()
-        try:
-            return time_steps(lambda: self.train_step(next(batches)), warmup=warmup, steps=steps, device=self.device)
-        finally:
-            batches.close()  # shuts the epoch's loader workers down now, not at garbage collection
+        self._batches = self.batches()
+
+    def step(self) -> int:
+        return self.train_step(next(self._batches))
+
+    def close(self) -> None:
+        if self._batches is not None:
+            self._batches.close()  # shuts the epoch's loader workers down now, not at garbage collection
+            self._batches = None
 
     def time_pipeline(self, warmup: int, steps: int) -> StepTimes:
         """Loader + host-to-device copy + augmentation: what the data side can deliver alone."""

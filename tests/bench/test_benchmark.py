@@ -18,9 +18,11 @@ from seg.bench.measure import (
     StepTimes,
     count_train_flops,
     cycle,
+    interleaved,
     matmul_peak_tflops,
     peak_memory_bytes,
     reset_peak_memory,
+    split_steps,
     time_steps,
 )
 from seg.bench.reference import Sample, TutorialDataset, native_samples
@@ -47,7 +49,7 @@ def _positive(value: object) -> bool:
 
 def test_main_prints_table_and_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench" / "result.json"
-    main([*TINY, "--warmup", "2", "--steps", "3", "--json", str(out)])
+    main([*TINY, "--warmup", "2", "--steps", "3", "--rounds", "2", "--json", str(out)])
     table = capsys.readouterr().out
     for row in ("seg training", "reference loop", "speedup seg/reference", "data pipeline alone",
                 "data prep, first run", "data prep, second run", "peak memory, seg", "FLOPs per image",
@@ -62,7 +64,7 @@ def test_main_prints_table_and_writes_every_figure(tmp_path: Path, capsys: pytes
     assert r["config"]["augmentation"] == ["hflip p=0.5", "vflip p=0.5"]
     assert r["machine"]["device"] == "cpu" and r["machine"]["torch"] == torch.__version__
     assert r["machine"]["cpu_count"] >= 1 and r["machine"]["torch_threads"] >= 1
-    assert r["settings"] == {"steps": 3, "warmup": 2}
+    assert r["settings"] == {"steps": 3, "warmup": 2, "rounds": 2}
     assert r["memory_kind"] == "process_peak_rss"
     for part in ("seg", "reference", "data_pipeline"):
         figures = r[part]
@@ -74,8 +76,9 @@ def test_main_prints_table_and_writes_every_figure(tmp_path: Path, capsys: pytes
         assert figures["step_seconds_min"] <= figures["step_seconds_median"] <= figures["step_seconds_max"]
     assert r["seg"]["timed_images"] == 12  # drop_last: full batches of 4 only
     assert r["reference"]["dataset_images"] == 11  # 70% of 16 cases, all the needed samples
-    for key in ("peak_memory_bytes",):
-        assert r["seg"][key] > 2**20 and r["reference"][key] > 2**20
+    for part in ("seg", "reference"):
+        assert r[part]["peak_memory_bytes"] > 2**20
+        assert 0 <= r[part]["memory_increase_bytes"] <= r[part]["peak_memory_bytes"]
     assert _positive(r["speedup"])
     assert r["speedup"] == pytest.approx(r["seg"]["images_per_second"] / r["reference"]["images_per_second"])
     assert _positive(r["data_pipeline"]["ratio_to_training"])
@@ -148,6 +151,39 @@ def test_time_steps_runs_warmup_untimed() -> None:
     assert len(calls) == 5 and times.images == [5, 5, 5] and len(times.seconds) == 3
     with pytest.raises(ValueError):
         time_steps(step, warmup=0, steps=0, device=CPU)
+
+
+def test_split_steps_into_rounds() -> None:
+    assert split_steps(10, 4) == [3, 3, 2, 2]
+    assert split_steps(3, 4) == [1, 1, 1]
+    assert split_steps(5, 1) == [5]
+
+
+class _Counter:
+    """A stand-in training path that logs its calls into a shared list."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    def start(self) -> None:
+        self.log.append(f"{self.name}:start")
+
+    def step(self) -> int:
+        self.log.append(self.name)
+        return 2
+
+    def close(self) -> None:
+        self.log.append(f"{self.name}:close")
+
+
+def test_interleaved_alternates_paths_after_each_ones_first_chunk() -> None:
+    log: list[str] = []
+    out = interleaved({"a": lambda: _Counter("a", log), "b": lambda: _Counter("b", log)},
+                      warmup=1, steps=3, rounds=2, device=CPU)
+    assert log == ["a:start", "a", "a", "a", "b:start", "b", "b", "b", "a", "b", "a:close", "b:close"]
+    for result in out.values():
+        assert result.times.images == [2, 2, 2] and len(result.times.seconds) == 3
+        assert result.peak_memory_bytes > 0 and result.memory_increase_bytes >= 0
 
 
 def test_cycle_goes_on_across_epochs_and_refuses_empty_loaders() -> None:

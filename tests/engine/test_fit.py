@@ -128,3 +128,12 @@ def test_early_stopping_and_min_mode(tmp_path: Path) -> None:
     result = fit(cfg, tmp_path)
     assert result["epoch"] == 2  # lr 0, no batch-norm statistics: nothing changes after epoch 1
     assert result["best_epoch"] == 1
+
+
+def test_resume_auto_continues_the_run_directory(tmp_path: Path) -> None:
+    fit(compose_cfg(["trainer.epochs=1"], tmp_path), tmp_path)
+    result = fit(compose_cfg(["trainer.epochs=2", "resume=auto"], tmp_path), tmp_path)
+    assert result["epoch"] == 2
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 2
+    with pytest.raises(CheckpointError, match="resume=auto"):
+        fit(compose_cfg(["resume=auto"], tmp_path / "fresh"), tmp_path / "fresh")
