@@ -20,7 +20,7 @@ class MonitorMode(str, Enum):
     min = "min"
 
 
-PRECISIONS = ("auto", "32", "bf16", "16")  # auto = bf16 autocast on CUDA, fp32 elsewhere
+PRECISIONS = ("auto", "32", "bf16", "16")  # auto: see seg.engine.builders.resolve_precision
 
 
 class OverlayChoice(str, Enum):
@@ -39,7 +39,7 @@ class TrainerConfig:
     monitor: str = "val/dice"
     monitor_mode: MonitorMode = MonitorMode.max
     precision: str = "auto"  # one of PRECISIONS (a str: `trainer.precision=16` must work)
-    channels_last: bool = False
+    channels_last: Optional[bool] = None  # null = auto: on with bf16/16 autocast, off in fp32
     compile: bool = False
     compile_backend: str = "inductor"  # aot_eager checks the compiled path quickly on a CPU
     cudnn_benchmark: bool = True

@@ -82,7 +82,9 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
 
 
-def describe(cfg: DictConfig, overrides: Sequence[str], data: Any, amp_precision: str) -> dict[str, Any]:
+def describe(
+    cfg: DictConfig, overrides: Sequence[str], data: Any, amp_precision: str, channels_last: bool
+) -> dict[str, Any]:
     item = data.dataset("train")[0]
     aug = builders.build(cfg.augmentation, "augmentation")
     return {
@@ -95,7 +97,7 @@ def describe(cfg: DictConfig, overrides: Sequence[str], data: Any, amp_precision
         "n_classes": data.n_classes,
         "batch_size": int(cfg.trainer.batch_size),
         "precision": amp_precision,
-        "channels_last": bool(cfg.trainer.channels_last),
+        "channels_last": channels_last,
         "compile": bool(cfg.trainer.compile),
         "num_workers": int(cfg.trainer.num_workers),
         "loss": str(cfg.loss.get("_target_", "?")).rsplit(".", 1)[-1],
@@ -127,7 +129,7 @@ def run_benchmark(cfg: DictConfig, overrides: Sequence[str], *, steps: int, warm
         paths = interleaved(factories, warmup=warmup, steps=steps, rounds=rounds, device=device)
         seg: SegRun = paths["seg"].run
         result: dict[str, Any] = {
-            "config": describe(cfg, overrides, data, seg.amp.precision), "machine": machine_info(device),
+            "config": describe(cfg, overrides, data, seg.amp.precision, seg.channels_last), "machine": machine_info(device),
             "settings": {"steps": steps, "warmup": warmup, "rounds": len(split_steps(steps, rounds))},
             "memory_kind": memory_kind(device), "data_prep": prep,
         }  # fmt: skip
@@ -135,7 +137,7 @@ def run_benchmark(cfg: DictConfig, overrides: Sequence[str], *, steps: int, warm
             result[name] = {**path.times.summary(), "peak_memory_bytes": path.peak_memory_bytes,
                             "memory_increase_bytes": path.memory_increase_bytes}
         train = result["seg"]
-        result["reference"] = result.get("reference")
+        result.setdefault("reference", None)
         result["speedup"] = None
         if result["reference"] is not None:
             result["reference"]["dataset_images"] = len(paths["reference"].run.dataset)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from seg.bench.measure import StepTimes, count_train_flops, cycle, sync, time_steps
 from seg.data.base import SegDataModule
 from seg.engine import builders
-from seg.engine.loop import _clip, evaluate, to_device
+from seg.engine.loop import StepSettings, evaluate, to_device, train_step
 from seg.engine.seeding import epoch_generator, seed_everything
 from seg.metrics import SegMetrics, per_image_stats
 
@@ -31,9 +31,11 @@ class SegRun:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
         self.amp = builders.build_amp(str(t.precision), device)
+        self.channels_last = builders.resolve_channels_last(t.channels_last, self.amp)
+        self.settings = StepSettings(device, self.amp, self.channels_last, t.grad_clip_norm, t.grad_clip_value)
         seed_everything(cfg.seed)
         self.model = builders.build_model(cfg.model, t.weight_init).to(device)
-        if t.channels_last:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = builders.build(cfg.loss, "loss").to(device)
         self.augment = builders.build(cfg.augmentation, "augmentation").to(device)
@@ -57,31 +59,14 @@ class SegRun:
         return cycle(self.loader)
 
     def train_step(self, batch: dict[str, Any]) -> int:
-        """One step of loop.train_one_epoch; returns the batch's image count."""
-        t, amp, optimizer = self.t, self.amp, self.optimizer
-        image, mask, weight = to_device(batch, self.device, t.channels_last)
-        image, mask, weight = self.augment(image, mask, weight)
-        with amp.autocast():
-            logits = self.step_model(image)
-        loss = self.loss_fn(logits.float(), mask, weight=weight)
-        optimizer.zero_grad(set_to_none=True)
-        if amp.scaler is not None:
-            amp.scaler.scale(loss).backward()
-            if t.grad_clip_norm is not None or t.grad_clip_value is not None:
-                amp.scaler.unscale_(optimizer)
-                _clip(self.model, t.grad_clip_norm, t.grad_clip_value)
-            amp.scaler.step(optimizer)
-            amp.scaler.update()
-        else:
-            loss.backward()
-            _clip(self.model, t.grad_clip_norm, t.grad_clip_value)
-            optimizer.step()
-        self._total += loss.detach()
-        self.metrics.update(logits.detach(), mask)
+        """The engine's own training step; returns the batch's image count."""
+        loss, n = train_step(self.step_model, batch, self.loss_fn, self.optimizer, self.settings,
+                             augment=self.augment, metrics=self.metrics)
+        self._total += loss
         self._steps += 1
-        if t.progress_every > 0 and self._steps % t.progress_every == 0:
+        if self.t.progress_every > 0 and self._steps % self.t.progress_every == 0:
             (self._total / self._steps).item()  # the progress bar's read-back
-        return int(image.shape[0])
+        return n
 
     def start(self) -> None:
         self.model.train()
@@ -103,7 +88,7 @@ class SegRun:
         batches = self.batches()
 
         def step() -> int:
-            image, mask, weight = to_device(next(batches), self.device, self.t.channels_last)
+            image, mask, weight = to_device(next(batches), self.device, self.channels_last)
             image, _, _ = self.augment(image, mask, weight)
             return int(image.shape[0])
 
@@ -114,7 +99,7 @@ class SegRun:
 
     def flops_per_image(self) -> float:
         batch = next(iter(self.loader(1)))
-        image, mask, _ = to_device(batch, self.device, self.t.channels_last)
+        image, mask, _ = to_device(batch, self.device, self.channels_last)
         flops = count_train_flops(self.model, image, mask, self.loss_fn, self.amp.autocast())
         return flops / image.shape[0]
 

@@ -90,12 +90,34 @@ def build_scheduler(node: DictConfig | None, optimizer: torch.optim.Optimizer, e
     return factory(optimizer, epochs=epochs, mode=mode)
 
 
-def build_amp(precision: str, device: torch.device) -> Amp:
+def cpu_has_bf16() -> bool:
+    """Native bf16 arithmetic (AVX512-BF16 or AMX): only then is CPU autocast to bf16 a speed-up."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bf16 autocast where the hardware computes in bf16 (CUDA since Ampere, CPUs with
+    AVX512-BF16/AMX), fp16 with a grad scaler on older GPUs, fp32 elsewhere."""
     if precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision={precision!r}: expected one of {list(PRECISIONS)}")
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "32"
-    return Amp.create(precision, device)
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "16"
+    if device.type == "cpu" and cpu_has_bf16():
+        return "bf16"
+    return "32"
+
+
+def build_amp(precision: str, device: torch.device) -> Amp:
+    return Amp.create(resolve_precision(precision, device), device)
+
+
+def resolve_channels_last(setting: bool | None, amp: Amp) -> bool:
+    """`null` (auto): channels-last whenever autocast runs in reduced precision, where the convolution
+    kernels (cuDNN tensor cores, oneDNN) are fastest in NHWC; NCHW in fp32."""
+    return bool(setting) if setting is not None else amp.dtype is not None
 
 
 def build_loader(

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from seg.checkpoint import load_checkpoint, load_model_state, make_checkpoint, save_checkpoint, sha256
 from seg.data.split import write_split
 from seg.engine import builders
-from seg.engine.loop import EpochStats, evaluate, train_one_epoch
+from seg.engine.loop import EpochStats, StepSettings, evaluate, train_one_epoch
 from seg.engine.preview import Preview
 from seg.engine.seeding import epoch_generator, rng_state, seed_everything, set_rng_state
 from seg.engine.signals import GracefulStop
@@ -59,6 +59,8 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
     amp = builders.build_amp(str(t.precision), device)
+    channels_last = builders.resolve_channels_last(t.channels_last, amp)
+    step = StepSettings(device, amp, channels_last, t.grad_clip_norm, t.grad_clip_value)
 
     data = builders.build_data(cfg.dataset)
     split = data.split_ids()
@@ -74,7 +76,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
              data.in_channels, data.class_names)
 
     model = builders.build_model(cfg.model, t.weight_init).to(device)
-    if t.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = builders.build(cfg.loss, "loss").to(device)
     augment = builders.build(cfg.augmentation, "augmentation").to(device)
@@ -97,8 +99,8 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         log.info("resumed from %s at epoch %d (%d samples seen)", resume_path, state.epoch, state.samples_seen)
 
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model %s: %.2fM parameters; device %s, precision %s; run dir %s",
-             type(model).__name__, n_params / 1e6, device, amp.precision, run_dir)
+    log.info("model %s: %.2fM parameters; device %s, precision %s%s; run dir %s", type(model).__name__,
+             n_params / 1e6, device, amp.precision, ", channels-last" if channels_last else "", run_dir)
     tb = TensorBoardLogger(run_dir / "tb", purge_step=state.epoch + 1 if resume_path else None)
     ckpt_dir = run_dir / "checkpoints"
     plain = plain_config(cfg)
@@ -123,10 +125,8 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 )  # fmt: skip
                 train_metrics.reset()
                 stats = train_one_epoch(
-                    step_model, loader, loss_fn, optimizer, device=device, amp=amp, augment=augment,
-                    metrics=train_metrics, channels_last=t.channels_last, clip_norm=t.grad_clip_norm,
-                    clip_value=t.grad_clip_value, progress_every=t.progress_every,
-                    desc=f"epoch {epoch}/{t.epochs}", should_stop=stop,
+                    step_model, loader, loss_fn, optimizer, step, augment=augment, metrics=train_metrics,
+                    progress_every=t.progress_every, desc=f"epoch {epoch}/{t.epochs}", should_stop=stop,
                 )  # fmt: skip
                 state.samples_seen += stats.samples
                 if stats.interrupted:
@@ -142,11 +142,11 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 validated = epoch == 1 or epoch % max(1, t.val_every) == 0 or epoch == t.epochs
                 if validated:
                     values = evaluate(step_model, _val_loader(val_ds, t, device), loss_fn, val_metrics,
-                                      device=device, amp=amp, channels_last=t.channels_last)
+                                      device=device, amp=amp, channels_last=channels_last)
                     state.metrics = {f"val/{k}": float(v) for k, v in values.items()}
                     tb.scalars(state.metrics, epoch)
                     for split_name, preview in previews.items():
-                        panels = preview.render(model, device, amp, t.channels_last)
+                        panels = preview.render(model, device, amp, channels_last)
                         if panels is not None:
                             tb.panels(f"{split_name}/overlay", panels, epoch, preview.names)
                     score = _monitored(state.metrics, t.monitor)

@@ -61,19 +61,64 @@ def _clip(model: nn.Module, norm: float | None, value: float | None) -> None:
         nn.utils.clip_grad_norm_(model.parameters(), norm)
 
 
+@dataclass
+class StepSettings:
+    """How a training step runs; resolved once from the trainer config."""
+
+    device: torch.device
+    amp: Amp
+    channels_last: bool = False
+    clip_norm: float | None = None
+    clip_value: float | None = None
+
+
+def train_step(
+    model: nn.Module,
+    batch: Batch,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    settings: StepSettings,
+    *,
+    augment: nn.Module | None = None,
+    metrics: SegMetrics | None = None,
+) -> tuple[torch.Tensor, int]:
+    """One optimizer step on one batch. Returns the detached loss (still on the device: reading it
+    would sync) and the number of images."""
+    amp = settings.amp
+    image, mask, weight = to_device(batch, settings.device, settings.channels_last)
+    if augment is not None:
+        image, mask, weight = augment(image, mask, weight)
+    with amp.autocast():
+        logits = model(image)
+    loss = loss_fn(logits.float(), mask, weight=weight)
+    optimizer.zero_grad(set_to_none=True)
+    clipping = settings.clip_norm is not None or settings.clip_value is not None
+    if amp.scaler is not None:
+        amp.scaler.scale(loss).backward()
+        if clipping:
+            amp.scaler.unscale_(optimizer)
+            _clip(model, settings.clip_norm, settings.clip_value)
+        amp.scaler.step(optimizer)
+        amp.scaler.update()
+    else:
+        loss.backward()
+        if clipping:
+            _clip(model, settings.clip_norm, settings.clip_value)
+        optimizer.step()
+    if metrics is not None:
+        metrics.update(logits.detach(), mask)
+    return loss.detach(), int(image.shape[0])
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[Batch],
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
+    settings: StepSettings,
     *,
-    device: torch.device,
-    amp: Amp,
     augment: nn.Module | None = None,
     metrics: SegMetrics | None = None,
-    channels_last: bool = False,
-    clip_norm: float | None = None,
-    clip_value: float | None = None,
     progress_every: int = 10,
     desc: str = "train",
     should_stop: Callable[[], bool] = lambda: False,
@@ -81,6 +126,7 @@ def train_one_epoch(
     model.train()
     if augment is not None:
         augment.train()
+    device = settings.device
     total = torch.zeros((), device=device, dtype=torch.float64)
     steps = samples = 0
     data_seconds = 0.0
@@ -88,31 +134,11 @@ def train_one_epoch(
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
     interrupted = False
     for batch in bar:
-        image, mask, weight = to_device(batch, device, channels_last)
         data_seconds += time.perf_counter() - tick
-        if augment is not None:
-            image, mask, weight = augment(image, mask, weight)
-        with amp.autocast():
-            logits = model(image)
-        loss = loss_fn(logits.float(), mask, weight=weight)
-        optimizer.zero_grad(set_to_none=True)
-        if amp.scaler is not None:
-            amp.scaler.scale(loss).backward()
-            if clip_norm is not None or clip_value is not None:
-                amp.scaler.unscale_(optimizer)
-                _clip(model, clip_norm, clip_value)
-            amp.scaler.step(optimizer)
-            amp.scaler.update()
-        else:
-            loss.backward()
-            _clip(model, clip_norm, clip_value)
-            optimizer.step()
-        loss = loss.detach()
+        loss, n = train_step(model, batch, loss_fn, optimizer, settings, augment=augment, metrics=metrics)
         total += loss
-        if metrics is not None:
-            metrics.update(logits.detach(), mask)
         steps += 1
-        samples += image.shape[0]
+        samples += n
         if progress_every > 0 and steps % progress_every == 0:
             bar.set_postfix(loss=f"{(total / steps).item():.4f}")
         if should_stop():

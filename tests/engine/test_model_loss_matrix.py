@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 
 from seg.cli.common import config_dir
 from seg.engine import builders
-from seg.engine.loop import evaluate, train_one_epoch
+from seg.engine.loop import StepSettings, evaluate, train_one_epoch
 from seg.metrics import SegMetrics
 
 MODELS = {
@@ -47,7 +47,7 @@ def test_model_and_loss_train_together(model: str, loss: str) -> None:
     amp = builders.build_amp("32", device)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     data = batches(n_classes)
-    stats = train_one_epoch(net, data, loss_fn, optimizer, device=device, amp=amp,
+    stats = train_one_epoch(net, data, loss_fn, optimizer, StepSettings(device, amp),
                             metrics=SegMetrics(n_classes=n_classes))
     assert stats.steps == 3 and stats.samples == 12 and stats.loss == stats.loss and stats.loss > 0
     changed = [k for k, v in net.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])]

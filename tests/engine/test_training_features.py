@@ -30,10 +30,21 @@ def test_precisions_train_on_cpu(tmp_path: Path, precision: str, scaler: bool) -
     assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # weights stay fp32
 
 
-def test_auto_precision_is_fp32_on_cpu_and_bad_values_are_named() -> None:
-    assert build_amp("auto", torch.device("cpu")).dtype is None
+def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    import seg.engine.builders as builders
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(builders, "cpu_has_bf16", lambda: False)
+    assert builders.resolve_precision("auto", cpu) == "32"
+    amp = build_amp("auto", cpu)
+    assert amp.dtype is None and builders.resolve_channels_last(None, amp) is False
+    monkeypatch.setattr(builders, "cpu_has_bf16", lambda: True)
+    amp = build_amp("auto", cpu)
+    assert amp.dtype == torch.bfloat16 and builders.resolve_channels_last(None, amp) is True
+    assert builders.resolve_channels_last(False, amp) is False  # an explicit choice wins
+    assert builders.resolve_precision("16", cpu) == "16"
     with pytest.raises(ConfigError, match="bf16"):
-        build_amp("fp8", torch.device("cpu"))
+        build_amp("fp8", cpu)
 
 
 def test_channels_last_and_compile_paths(tmp_path: Path) -> None:

@@ -111,8 +111,9 @@ RECIPES = {
     ),
     "folder_multiclass": Recipe(
         write=lambda root: write_folder(root, (0, 100, 200)),
-        overrides=["dataset=folder", "dataset.image_size=32", "dataset.n_classes=3", "dataset.class_names=[sky,road,car]",
-                   "dataset.value_map={0:0,100:1,200:2}", "loss=dice_ce", *SMALL_UNET, *SMALL],
+        overrides=["dataset=folder", "dataset.image_size=32", "dataset.n_classes=3",
+                   "dataset.class_names=[sky,road,car]", "dataset.value_map={0:0,100:1,200:2}", "loss=dice_ce",
+                   *SMALL_UNET, *SMALL],
         counts={"train": 7, "val": 1, "test": 2}, item_shape=(3, 32, 32),
         model="seg.models.UNet", loss="seg.losses.DiceCELoss", monitor="val/dice",
         keys=("val/iou_sky", "val/iou_road", "val/iou_car"),
