@@ -39,7 +39,7 @@ class TrainerConfig:
     monitor: str = "val/dice"
     monitor_mode: MonitorMode = MonitorMode.max
     precision: str = "auto"  # one of PRECISIONS (a str: `trainer.precision=16` must work)
-    channels_last: Optional[bool] = None  # null = auto: on with bf16/16 autocast, off in fp32
+    channels_last: Optional[bool] = None  # null = auto: on for CPUs, and for GPUs with bf16/16
     compile: bool = False
     compile_backend: str = "inductor"  # aot_eager checks the compiled path quickly on a CPU
     cudnn_benchmark: bool = True

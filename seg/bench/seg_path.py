@@ -18,7 +18,7 @@ from seg.bench.measure import StepTimes, count_train_flops, cycle, sync, time_st
 from seg.data.base import SegDataModule
 from seg.engine import builders
 from seg.engine.loop import StepSettings, evaluate, to_device, train_step
-from seg.engine.seeding import epoch_generator, seed_everything
+from seg.engine.seeding import seed_everything
 from seg.metrics import SegMetrics, per_image_stats
 
 
@@ -47,16 +47,19 @@ class SegRun:
         self._steps = 0
         self._batches: Iterator[dict[str, Any]] | None = None
 
-    def loader(self, epoch: int) -> Any:
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """Batches across epochs from one loader built as fit builds it (persistent workers)."""
         t = self.t
-        return builders.build_loader(
-            self.train_ds, batch_size=t.batch_size, shuffle=True, num_workers=t.num_workers, device=self.device,
-            generator=epoch_generator(self.cfg.seed, epoch), drop_last=True, pin_memory=t.pin_memory,
-            prefetch_factor=t.prefetch_factor,
+        loader = builders.build_loader(
+            self.train_ds, batch_size=t.batch_size, num_workers=t.num_workers, device=self.device,
+            shuffle_seed=self.cfg.seed, drop_last=True, pin_memory=t.pin_memory, prefetch_factor=t.prefetch_factor,
         )  # fmt: skip
 
-    def batches(self) -> Iterator[dict[str, Any]]:
-        return cycle(self.loader)
+        def epoch_loader(epoch: int) -> Any:
+            loader.sampler.set_epoch(epoch)
+            return loader
+
+        return cycle(epoch_loader)
 
     def train_step(self, batch: dict[str, Any]) -> int:
         """The engine's own training step; returns the batch's image count."""
@@ -98,8 +101,11 @@ class SegRun:
             batches.close()
 
     def flops_per_image(self) -> float:
-        batch = next(iter(self.loader(1)))
-        image, mask, _ = to_device(batch, self.device, self.channels_last)
+        batches = self.batches()
+        try:
+            image, mask, _ = to_device(next(batches), self.device, self.channels_last)
+        finally:
+            batches.close()
         flops = count_train_flops(self.model, image, mask, self.loss_fn, self.amp.autocast())
         return flops / image.shape[0]
 
@@ -118,8 +124,8 @@ class SegRun:
             rows.extend(per_image_stats(logits, mask)["dice"].cpu().tolist())
 
         def loader(items: Any) -> Any:
-            return builders.build_loader(items, batch_size=self.t.batch_size, shuffle=False,
-                                         num_workers=self.t.num_workers, device=self.device)
+            return builders.build_loader(items, batch_size=self.t.batch_size, num_workers=self.t.num_workers,
+                                         device=self.device)
 
         self.model.to(memory_format=torch.contiguous_format)  # seg-eval builds a fresh NCHW model
         warm = torch.utils.data.Subset(dataset, range(min(len(dataset), self.t.batch_size)))

@@ -70,8 +70,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names,
                          kaggle=bool(getattr(data, "kaggle_metric", False)))
     batch_size = int(cfg.batch_size or trainer.get("batch_size", 16))
-    loader = builders.build_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=cfg.num_workers,
-                                   device=device)
+    loader = builders.build_loader(dataset, batch_size=batch_size, num_workers=cfg.num_workers, device=device)
     rows: list[dict[str, Any]] = []
     ids = list(getattr(dataset, "ids", range(len(dataset))))
 

@@ -16,7 +16,7 @@ from seg.data.split import write_split
 from seg.engine import builders
 from seg.engine.loop import EpochStats, StepSettings, evaluate, train_one_epoch
 from seg.engine.preview import Preview
-from seg.engine.seeding import epoch_generator, rng_state, seed_everything, set_rng_state
+from seg.engine.seeding import rng_state, seed_everything, set_rng_state
 from seg.engine.signals import GracefulStop
 from seg.engine.state import TrainState
 from seg.errors import CheckpointError, ConfigError
@@ -115,17 +115,19 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             monitor=t.monitor, monitor_mode=mode, metrics=state.metrics, config=plain, rng=rng_state(),
         )  # fmt: skip
 
+    train_loader = builders.build_loader(
+        train_ds, batch_size=t.batch_size, num_workers=t.num_workers, device=device, shuffle_seed=cfg.seed,
+        drop_last=True, pin_memory=t.pin_memory, prefetch_factor=t.prefetch_factor,
+    )  # fmt: skip
+    val_loader = builders.build_loader(val_ds, batch_size=t.batch_size, num_workers=t.num_workers, device=device,
+                                       pin_memory=t.pin_memory, prefetch_factor=t.prefetch_factor)
     try:
         with GracefulStop() as stop:
             for epoch in range(state.epoch + 1, t.epochs + 1):
-                loader = builders.build_loader(
-                    train_ds, batch_size=t.batch_size, shuffle=True, num_workers=t.num_workers, device=device,
-                    generator=epoch_generator(cfg.seed, epoch), drop_last=True, pin_memory=t.pin_memory,
-                    prefetch_factor=t.prefetch_factor,
-                )  # fmt: skip
+                train_loader.sampler.set_epoch(epoch)
                 train_metrics.reset()
                 stats = train_one_epoch(
-                    step_model, loader, loss_fn, optimizer, step, augment=augment, metrics=train_metrics,
+                    step_model, train_loader, loss_fn, optimizer, step, augment=augment, metrics=train_metrics,
                     progress_every=t.progress_every, desc=f"epoch {epoch}/{t.epochs}", should_stop=stop,
                 )  # fmt: skip
                 state.samples_seen += stats.samples
@@ -141,7 +143,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 _log_train(tb, stats, train_metrics.compute(), optimizer, epoch)
                 validated = epoch == 1 or epoch % max(1, t.val_every) == 0 or epoch == t.epochs
                 if validated:
-                    values = evaluate(step_model, _val_loader(val_ds, t, device), loss_fn, val_metrics,
+                    values = evaluate(step_model, val_loader, loss_fn, val_metrics,
                                       device=device, amp=amp, channels_last=channels_last)
                     state.metrics = {f"val/{k}": float(v) for k, v in values.items()}
                     tb.scalars(state.metrics, epoch)
@@ -175,11 +177,6 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     (run_dir / "result.json").write_text(json.dumps(result, indent=1))
     log.info("done: best %s=%s at epoch %s; checkpoints in %s", t.monitor, state.best_score, state.best_epoch, ckpt_dir)
     return result
-
-
-def _val_loader(dataset: Any, t: DictConfig, device: torch.device) -> Any:
-    return builders.build_loader(dataset, batch_size=t.batch_size, shuffle=False, num_workers=t.num_workers,
-                                 device=device, pin_memory=t.pin_memory, prefetch_factor=t.prefetch_factor)
 
 
 def _monitored(metrics: dict[str, float], monitor: str) -> float:

@@ -4,10 +4,12 @@ random streams (Python, NumPy, torch CPU and CUDA)."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Sampler
 
 
 def seed_everything(seed: int) -> None:
@@ -25,11 +27,27 @@ def worker_init_fn(worker_id: int) -> None:
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The shuffling order of an epoch depends only on (seed, epoch): resuming at any epoch sees the
-    same order as an uninterrupted run."""
     g = torch.Generator()
     g.manual_seed(seed * 1_000_003 + epoch)
     return g
+
+
+class EpochShuffle(Sampler[int]):
+    """A shuffling order that depends only on (seed, epoch), like DistributedSampler's set_epoch: a
+    resumed run sees the same order as an uninterrupted one, and one DataLoader (with persistent
+    workers) serves every epoch."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def rng_state() -> dict[str, Any]:

@@ -64,7 +64,7 @@ def test_main_prints_table_and_writes_every_figure(tmp_path: Path, capsys: pytes
     assert r["config"]["image_size"] == [32, 32] and r["config"]["batch_size"] == 4
     resolved = resolve_precision("auto", torch.device("cpu"))  # this machine's `auto`: bf16 or 32
     assert r["config"]["model_options"]["depth"] == 2 and r["config"]["precision"] == resolved
-    assert r["config"]["channels_last"] == (resolved != "32")
+    assert r["config"]["channels_last"] is True  # auto: NHWC on the CPU
     assert r["config"]["augmentation"] == ["hflip p=0.5", "vflip p=0.5"]
     assert r["machine"]["device"] == "cpu" and r["machine"]["torch"] == torch.__version__
     assert r["machine"]["cpu_count"] >= 1 and r["machine"]["torch_threads"] >= 1

@@ -37,7 +37,9 @@ def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(builders, "cpu_has_bf16", lambda: False)
     assert builders.resolve_precision("auto", cpu) == "32"
     amp = build_amp("auto", cpu)
-    assert amp.dtype is None and builders.resolve_channels_last(None, amp) is False
+    assert amp.dtype is None and builders.resolve_channels_last(None, amp) is True  # NHWC pays on CPUs
+    gpu_fp32 = builders.Amp("32", "cuda", None, None)
+    assert builders.resolve_channels_last(None, gpu_fp32) is False
     monkeypatch.setattr(builders, "cpu_has_bf16", lambda: True)
     amp = build_amp("auto", cpu)
     assert amp.dtype == torch.bfloat16 and builders.resolve_channels_last(None, amp) is True
@@ -95,3 +97,14 @@ def test_sigint_saves_last_and_says_how_to_resume(tmp_path: Path) -> None:
     assert "seg-train resume=" in out + err
     assert "Traceback" not in err
     assert load_checkpoint(last)["epoch"] >= 1
+
+
+def test_loader_workers_give_the_same_run_as_the_main_process(tmp_path: Path) -> None:
+    """Shuffling happens in the main process (EpochShuffle), so worker count never changes the batches."""
+    weights = []
+    for workers in (0, 2):
+        run = tmp_path / f"w{workers}"
+        fit(compose_cfg([f"trainer.num_workers={workers}", "trainer.epochs=2", "augmentation=none"], run), run)
+        weights.append(load_checkpoint(run / "checkpoints" / "last.pt")["model"])
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
