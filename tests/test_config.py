@@ -153,3 +153,29 @@ def test_eval_config_composes() -> None:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
         cfg = compose(config_name="eval", overrides=["ckpt=x.pt", "+dataset.root=/data", "split=val"])
     assert cfg.ckpt == "x.pt" and cfg.dataset.root == "/data" and cfg.split == "val"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optimizer.lr=abc"], "invalid optimizer settings"),
+        (["optimizer=sgd", "optimizer.momentum=-1"], "momentum"),
+        (["scheduler=plateau", "scheduler.factor=2"], "invalid scheduler settings"),
+    ],
+)
+def test_bad_optimizer_and_scheduler_values_are_config_errors(overrides: list[str], message: str) -> None:
+    from seg.errors import ConfigError
+
+    cfg = compose_train(overrides)
+    model = torch.nn.Conv2d(3, 1, 3)
+    with pytest.raises(ConfigError, match=message):
+        optimizer = builders.build_optimizer(cfg.optimizer, model, torch.device("cpu"))
+        builders.build_scheduler(cfg.scheduler, optimizer, epochs=3, mode="max")
+
+
+def test_missing_root_names_the_full_key() -> None:
+    from seg.errors import ConfigError
+
+    cfg = compose_train(["dataset=ph2"])
+    with pytest.raises(ConfigError, match=r"missing required value\(s\) dataset.root: "):
+        builders.build_data(cfg.dataset)

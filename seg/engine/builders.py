@@ -22,9 +22,9 @@ from seg.errors import ConfigError, SegError
 def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
     """instantiate() that surfaces our own errors as they are and names the group for the rest."""
     missing = sorted(OmegaConf.missing_keys(node)) if isinstance(node, DictConfig) else []
-    if missing:
-        keys = ", ".join(f"{what}.{k}" for k in missing)
-        raise ConfigError(f"missing required value(s) {keys}: set them on the command line, e.g. {what}.{missing[0]}=...")
+    if missing:  # full keys when the node sits in a composed config (dataset.root), else relative
+        keys = [k if k.startswith(f"{what}.") else f"{what}.{k}" for k in missing]
+        raise ConfigError(f"missing required value(s) {', '.join(keys)}: set them on the command line, e.g. {keys[0]}=...")
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as exc:
@@ -79,14 +79,22 @@ def build_optimizer(node: DictConfig, model: torch.nn.Module, device: torch.devi
     kwargs: dict[str, Any] = {}
     if device.type == "cuda" and "fused" in inspect.signature(factory.func).parameters:
         kwargs["fused"] = True
-    return factory(params, **kwargs)
+    return _call(factory, "optimizer", params, **kwargs)
 
 
 def build_scheduler(node: DictConfig | None, optimizer: torch.optim.Optimizer, epochs: int, mode: str) -> Any:
     if node is None or "_target_" not in node:
         return None
     factory = build(node, "scheduler")
-    return factory(optimizer, epochs=epochs, mode=mode)
+    return _call(factory, "scheduler", optimizer, epochs=epochs, mode=mode)
+
+
+def _call(factory: Any, what: str, *args: Any, **kwargs: Any) -> Any:
+    """Complete a `_partial_` config; a bad value (lr=abc, a negative momentum) is a config error."""
+    try:
+        return factory(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid {what} settings {dict(factory.keywords)}: {exc}") from None
 
 
 def cpu_has_bf16() -> bool:
