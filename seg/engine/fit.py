@@ -52,6 +52,12 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     t = cfg.trainer
     mode = str(t.monitor_mode.value if hasattr(t.monitor_mode, "value") else t.monitor_mode)
     resume_path = find_resume(cfg.resume, run_dir)
+    earlier = sorted((run_dir / "checkpoints").glob("*.pt")) if resume_path is None else []
+    if earlier:
+        raise ConfigError(
+            f"{run_dir} already holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}); "
+            "they are kept. Continue that run with resume=auto, or train into another hydra.run.dir."
+        )
     if resume_path is not None and cfg.resume != "auto":
         run_dir = resume_path.parent.parent  # continue the same run directory and TensorBoard run
     seed_everything(cfg.seed)

@@ -137,3 +137,11 @@ def test_resume_auto_continues_the_run_directory(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 2
     with pytest.raises(CheckpointError, match="resume=auto"):
         fit(compose_cfg(["resume=auto"], tmp_path / "fresh"), tmp_path / "fresh")
+
+
+def test_a_new_run_never_overwrites_earlier_checkpoints(tmp_path: Path) -> None:
+    fit(compose_cfg(["trainer.epochs=1"], tmp_path), tmp_path)
+    before = (tmp_path / "checkpoints" / "best.pt").read_bytes()
+    with pytest.raises(ConfigError, match="resume=auto"):
+        fit(compose_cfg(["trainer.epochs=1", "seed=7"], tmp_path), tmp_path)
+    assert (tmp_path / "checkpoints" / "best.pt").read_bytes() == before
