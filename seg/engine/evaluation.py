@@ -43,12 +43,13 @@ def stored_config(ckpt: dict[str, Any], dataset_overrides: Any, path: Path) -> D
 
 
 def for_inference(model_cfg: DictConfig) -> DictConfig:
-    """Weights come from the checkpoint: never fetch pretrained encoder weights again."""
+    """Weights (and the input normalisation buffers) come from the checkpoint: never fetch pretrained
+    encoder weights again, and freezing means nothing for inference."""
     model_cfg = model_cfg.copy()
-    if "pretrained" in model_cfg and model_cfg.pretrained:
+    if model_cfg.get("pretrained"):
         model_cfg.pretrained = None
-        if "normalize_input" in model_cfg:
-            model_cfg.normalize_input = True
+    if model_cfg.get("freeze_encoder"):
+        model_cfg.freeze_encoder = False
     return model_cfg
 
 
