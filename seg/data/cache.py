@@ -13,7 +13,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,21 +98,47 @@ def _write_arrays(
     desc: str,
 ) -> None:
     images = masks = weights = None
-    for i, case in enumerate(tqdm(ids, desc=desc, unit="img", leave=False, disable=None)):
+
+    def decode(case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         image, mask = load(case)
-        if images is None:
-            images = np.lib.format.open_memmap(out / "images.npy", "w+", image.dtype, (len(ids), *image.shape))
-            masks = np.lib.format.open_memmap(out / "masks.npy", "w+", np.uint8, (len(ids), *mask.shape))
-            if weight_fn is not None:
-                weights = np.lib.format.open_memmap(out / "weights.npy", "w+", np.float32, (len(ids), *mask.shape))
-        images[i] = image
-        masks[i] = mask
-        if weights is not None:
-            weights[i] = weight_fn(mask)
+        return image, mask, (weight_fn(mask) if weight_fn is not None else None)
+
+    # Decoders and resizing (PIL, SimpleITK, scikit-image) release the GIL: threads decode in
+    # parallel while this thread writes the results in order.
+    workers = decode_workers()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        decoded = _ordered(pool, decode, ids, window=4 * workers)
+        for i, (image, mask, weight) in enumerate(tqdm(decoded, total=len(ids), desc=desc, unit="img",
+                                                       leave=False, disable=None)):
+            if images is None:
+                images = np.lib.format.open_memmap(out / "images.npy", "w+", image.dtype, (len(ids), *image.shape))
+                masks = np.lib.format.open_memmap(out / "masks.npy", "w+", np.uint8, (len(ids), *mask.shape))
+                if weight is not None:
+                    weights = np.lib.format.open_memmap(out / "weights.npy", "w+", np.float32, (len(ids), *mask.shape))
+            images[i] = image
+            masks[i] = mask
+            if weights is not None:
+                weights[i] = weight
     for arr in (images, masks, weights):
         if arr is not None:
             arr.flush()
     (out / "ids.json").write_text(json.dumps(list(ids)))
+
+
+def decode_workers() -> int:
+    """Threads that decode while the cache is built (`SEG_DECODE_WORKERS` to change)."""
+    return max(1, int(os.environ.get("SEG_DECODE_WORKERS", min(8, os.cpu_count() or 1))))
+
+
+def _ordered(pool: ThreadPoolExecutor, fn: Callable[[str], Any], ids: list[str], window: int) -> Iterator[Any]:
+    """pool.map with a bounded window, so finished-but-unwritten cases never pile up in memory."""
+    pending: deque = deque()
+    for case in ids:
+        pending.append(pool.submit(fn, case))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def iter_entries(cache_dir: str | Path) -> Iterable[Path]:
