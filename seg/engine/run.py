@@ -1,0 +1,175 @@
+"""A training run's objects, built once from the config: what fit() drives, checkpoints and restores."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from seg.checkpoint import load_checkpoint, load_model_state, make_checkpoint, save_checkpoint
+from seg.data.base import SegDataModule
+from seg.data.split import write_split
+from seg.engine import builders
+from seg.engine.amp import Amp
+from seg.engine.loop import StepSettings
+from seg.engine.preview import Preview
+from seg.engine.seeding import rng_state, seed_everything, set_rng_state
+from seg.engine.state import TrainState
+from seg.errors import CheckpointError, ConfigError
+from seg.metrics import SegMetrics
+
+log = logging.getLogger("seg")
+
+
+@dataclass
+class Run:
+    cfg: DictConfig
+    run_dir: Path
+    mode: str
+    amp: Amp
+    step: StepSettings
+    data: SegDataModule
+    model: torch.nn.Module
+    step_model: torch.nn.Module  # torch.compile's wrapper, or the model itself
+    loss_fn: torch.nn.Module
+    augment: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: DataLoader
+    val_loader: DataLoader
+    train_metrics: SegMetrics
+    val_metrics: SegMetrics
+    previews: dict[str, Preview]
+    state: TrainState = field(default_factory=TrainState)
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def plateau(self) -> bool:
+        return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+    def save(self, name: str) -> Path:
+        s = self.state
+        return save_checkpoint(make_checkpoint(
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+            scaler=self.amp.scaler.state_dict() if self.amp.scaler is not None else None,
+            epoch=s.epoch, samples_seen=s.samples_seen, best_score=s.best_score, best_epoch=s.best_epoch,
+            stale_validations=s.stale_validations, monitor=self.cfg.trainer.monitor, monitor_mode=self.mode,
+            metrics=s.metrics, config=plain_config(self.cfg), rng=rng_state(),
+        ), self.ckpt_dir / name)  # fmt: skip
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """The fully resolved config as plain containers, with dataset.root made absolute so seg-eval finds
+    the data from any working directory."""
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    root = plain.get("dataset", {}).get("root")
+    if isinstance(root, str) and root:
+        plain["dataset"]["root"] = str(Path(root).expanduser().resolve())
+    return plain  # type: ignore[return-value]
+
+
+def find_resume(resume: str | None, run_dir: Path) -> Path | None:
+    if not resume:
+        return None
+    path = run_dir / "checkpoints" / "last.pt" if resume == "auto" else Path(resume).expanduser()
+    if not path.is_file():
+        raise CheckpointError(
+            f"resume={resume}: no checkpoint at {path}. Pass resume=PATH/last.pt, or resume=auto together "
+            "with hydra.run.dir=<the run directory> to continue that run."
+        )
+    return path
+
+
+def start_run(cfg: DictConfig, run_dir: Path) -> Run:
+    """Check the run folder, build data, model, loss, augmentation, optimizer, scheduler, loaders and
+    metrics, and restore a checkpoint when resuming."""
+    t = cfg.trainer
+    mode = str(getattr(t.monitor_mode, "value", t.monitor_mode))
+    resume_path = find_resume(cfg.resume, run_dir)
+    earlier = sorted((run_dir / "checkpoints").glob("*.pt")) if resume_path is None else []
+    if earlier:
+        raise ConfigError(
+            f"{run_dir} already holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}); "
+            "they are kept. Continue that run with resume=auto, or train into another hydra.run.dir."
+        )
+    if resume_path is not None and cfg.resume != "auto":
+        run_dir = resume_path.parent.parent  # continue the same run directory and TensorBoard run
+    seed_everything(cfg.seed)
+    device = builders.resolve_device(t.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
+    amp = builders.build_amp(str(t.precision), device)
+    channels_last = builders.resolve_channels_last(t.channels_last, amp)
+
+    data = builders.build_data(cfg.dataset)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_split(run_dir / "split.json", data.split_ids())
+    train_ds, val_ds = data.dataset("train"), data.dataset("val")
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise ConfigError(
+            f"the {type(data).__name__} split has {len(train_ds)} training and {len(val_ds)} validation "
+            "item(s); both need at least one (check dataset.split ratios and the number of cases)"
+        )
+    log.info("data: %s train / %s val items, %s channel(s), classes %s", len(train_ds), len(val_ds),
+             data.in_channels, data.class_names)
+
+    model = builders.build_model(cfg.model, t.weight_init).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = builders.build_optimizer(cfg.optimizer, model, device)
+    loaders = {"pin_memory": t.pin_memory, "prefetch_factor": t.prefetch_factor, "num_workers": t.num_workers}
+    kaggle = bool(getattr(data, "kaggle_metric", False))
+    run = Run(
+        cfg=cfg, run_dir=run_dir, mode=mode, amp=amp,
+        step=StepSettings(device, amp, channels_last, t.grad_clip_norm, t.grad_clip_value),
+        data=data, model=model,
+        # The compiled wrapper runs the steps; checkpoints always take the plain module's state_dict.
+        step_model=torch.compile(model, backend=t.compile_backend) if t.compile else model,
+        loss_fn=builders.build(cfg.loss, "loss").to(device),
+        augment=builders.build(cfg.augmentation, "augmentation").to(device),
+        optimizer=optimizer, scheduler=builders.build_scheduler(cfg.scheduler, optimizer, t.epochs, mode),
+        train_loader=builders.build_loader(train_ds, batch_size=t.batch_size, device=device, shuffle_seed=cfg.seed,
+                                           drop_last=True, **loaders),
+        val_loader=builders.build_loader(val_ds, batch_size=t.batch_size, device=device, **loaders),
+        train_metrics=SegMetrics(n_classes=data.n_classes, class_names=data.class_names),
+        val_metrics=SegMetrics(n_classes=data.n_classes, class_names=data.class_names, kaggle=kaggle),
+        # Previews before any restore: random-crop datasets draw from the RNG when their items are taken.
+        previews={split: Preview(ds, data.preview_indices(split, t.preview_images), data.n_classes)
+                  for split, ds in (("val", val_ds), ("train", train_ds))},
+    )  # fmt: skip
+    if resume_path is not None:
+        run.state = restore(run, resume_path)
+        log.info("resumed from %s at epoch %d (%d samples seen)", resume_path, run.state.epoch, run.state.samples_seen)
+    log.info("model %s: %.2fM parameters; device %s, precision %s%s; run dir %s", type(model).__name__,
+             sum(p.numel() for p in model.parameters()) / 1e6, device, amp.precision,
+             ", channels-last" if channels_last else "", run_dir)
+    return run
+
+
+def restore(run: Run, path: Path) -> TrainState:
+    ckpt = load_checkpoint(path)
+    if "optimizer" not in ckpt or "rng" not in ckpt:
+        raise CheckpointError(f"{path} has no training state to resume from (was it exported for inference only?)")
+    load_model_state(run.model, ckpt["model"], path)
+    try:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        if run.scheduler is not None and ckpt.get("scheduler") is not None:
+            run.scheduler.load_state_dict(ckpt["scheduler"])
+        if run.amp.scaler is not None and ckpt.get("scaler") is not None:
+            run.amp.scaler.load_state_dict(ckpt["scaler"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot resume from {path}: optimizer/scheduler state does not fit ({exc}). "
+                              "Resume with the same optimizer, scheduler and model settings.") from None
+    set_rng_state(ckpt["rng"])
+    return TrainState(epoch=int(ckpt["epoch"]), samples_seen=int(ckpt.get("samples_seen", 0)),
+                      best_score=ckpt.get("best_score"), best_epoch=ckpt.get("best_epoch"),
+                      stale_validations=int(ckpt.get("stale_validations", 0)), metrics=dict(ckpt.get("metrics", {})))
