@@ -19,7 +19,7 @@ stored resolution into the cache, and items carry it as `weight`.
 
 from __future__ import annotations
 
-import importlib
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,10 @@ import tifffile
 
 from seg.data.base import ArrayDataset, CachedArrayData, check_split
 from seg.errors import ConfigError, DatasetError
+from seg.weightmap import unet_weight_map
 
 VOLUME_NAMES = ("train-volume.tif", "train-input.tif")
 LABELS_NAME = "train-labels.tif"
-WEIGHT_MAP_MODULES = ("seg.losses", "seg.weightmap")
 
 
 def read_stack(path: Path) -> np.ndarray:
@@ -57,24 +57,6 @@ def to_uint8(stack: np.ndarray) -> np.ndarray:
     if hi <= lo:
         return np.zeros(stack.shape, dtype=np.uint8)
     return np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-
-
-def find_weight_map() -> Callable[..., np.ndarray]:
-    """`unet_weight_map(mask, w0=..., sigma=...)` from the losses package, imported only when needed."""
-    for name in WEIGHT_MAP_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and name.startswith(exc.name):
-                continue
-            raise
-        fn = getattr(module, "unet_weight_map", None)
-        if callable(fn):
-            return fn
-    raise ConfigError(
-        f"isbi2012: dataset.weight_map=true needs unet_weight_map(mask, w0, sigma) in one of "
-        f"{list(WEIGHT_MAP_MODULES)}, and none provides it; set dataset.weight_map=false"
-    )
 
 
 class ISBI2012Data(CachedArrayData):
@@ -172,12 +154,7 @@ class ISBI2012Data(CachedArrayData):
     def weight_fn(self) -> Callable[[np.ndarray], np.ndarray] | None:
         if not self.weight_map:
             return None
-        fn, w0, sigma = find_weight_map(), self.w0, self.sigma
-
-        def weights(mask: np.ndarray) -> np.ndarray:
-            return np.asarray(fn(mask, w0=w0, sigma=sigma), dtype=np.float32)
-
-        return weights
+        return functools.partial(unet_weight_map, w0=self.w0, sigma=self.sigma)
 
     def official_split(self, ids: list[str]) -> dict[str, list[str]]:
         cut = len(ids) - self.val_slices
