@@ -4,6 +4,7 @@ the user as one SegError message instead of Hydra's wrapped traceback."""
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 import torch
@@ -17,6 +18,8 @@ from seg.data.base import SegDataModule
 from seg.engine.amp import Amp
 from seg.engine.seeding import EpochShuffle, worker_init_fn
 from seg.errors import ConfigError, SegError
+
+log = logging.getLogger("seg")
 
 
 def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
@@ -118,7 +121,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def build_amp(precision: str, device: torch.device) -> Amp:
-    return Amp.create(resolve_precision(precision, device), device)
+    resolved = resolve_precision(precision, device)
+    if resolved == "16" and device.type == "cpu":
+        log.warning("trainer.precision=16 on the CPU is emulated and slow (measured 40x slower than bf16 "
+                    "here); use trainer.precision=bf16 or 32")
+    return Amp.create(resolved, device)
 
 
 def resolve_channels_last(setting: bool | None, amp: Amp) -> bool:
