@@ -60,6 +60,14 @@ def test_train_then_eval_reproduces_validation_metrics(tmp_path: Path) -> None:
     assert len(list((out / "overlays").glob("*.png"))) == 2
     assert "dice" in ev.stdout  # the printed table
 
+    # dataset.* overrides the stored dataset config without Hydra's `+` (e.g. dataset.root=/moved).
+    again = run("seg-eval", f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", "split=test", "dataset.split_seed=42",
+                "overlays=none", f"out_dir={tmp_path / 'elsewhere'}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    test_metrics = json.loads((tmp_path / "elsewhere" / "metrics.json").read_text())
+    assert test_metrics["split"] == "test" and test_metrics["n_images"] == 4
+    assert not (tmp_path / "elsewhere" / "overlays").exists()
+
 
 def test_missing_root_is_one_clear_message(tmp_path: Path) -> None:
     proc = run("seg-train", "dataset=ph2", cwd=tmp_path)
