@@ -79,10 +79,15 @@ def build_optimizer(node: DictConfig, model: torch.nn.Module, device: torch.devi
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters (is everything frozen?)")
-    kwargs: dict[str, Any] = {}
-    if device.type == "cuda" and "fused" in inspect.signature(factory.func).parameters:
-        kwargs["fused"] = True
-    return _call(factory, "optimizer", params, **kwargs)
+    return _call(factory, "optimizer", params, **fused_kwargs(factory, device))
+
+
+def fused_kwargs(factory: Any, device: torch.device) -> dict[str, Any]:
+    """`fused=True` on CUDA for optimizers that have a fused kernel (Adam, AdamW, SGD), unless set."""
+    takes_fused = "fused" in inspect.signature(factory.func).parameters
+    if device.type == "cuda" and takes_fused and "fused" not in factory.keywords:
+        return {"fused": True}
+    return {}
 
 
 def build_scheduler(node: DictConfig | None, optimizer: torch.optim.Optimizer, epochs: int, mode: str) -> Any:

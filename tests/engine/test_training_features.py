@@ -108,3 +108,21 @@ def test_loader_workers_give_the_same_run_as_the_main_process(tmp_path: Path) ->
         weights.append(load_checkpoint(run / "checkpoints" / "last.pt")["model"])
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_fused_optimizers_are_chosen_for_cuda_and_run() -> None:
+    from hydra.utils import instantiate
+
+    from seg.engine.builders import fused_kwargs
+    from tests.test_config import compose_train
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for name, fused in (("adam", True), ("adamw", True), ("sgd", True), ("rmsprop", False)):
+        factory = instantiate(compose_train([f"optimizer={name}"]).optimizer)
+        assert fused_kwargs(factory, cuda) == ({"fused": True} if fused else {}), name
+        assert fused_kwargs(factory, cpu) == {}
+        if fused:  # the same fused kernels exist on the CPU: run one step there
+            model = torch.nn.Linear(3, 1)
+            optimizer = factory(model.parameters(), fused=True)
+            model(torch.randn(4, 3)).sum().backward()
+            optimizer.step()
