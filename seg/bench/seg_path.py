@@ -128,13 +128,13 @@ class SegRun:
                                          device=self.device)
 
         self.model.to(memory_format=torch.contiguous_format)  # seg-eval builds a fresh NCHW model
+        plain = StepSettings(self.device, self.amp)
         warm = torch.utils.data.Subset(dataset, range(min(len(dataset), self.t.batch_size)))
-        evaluate(self.model, loader(warm), self.loss_fn, metrics, device=self.device, amp=self.amp, on_batch=collect)
+        evaluate(self.model, loader(warm), self.loss_fn, metrics, plain, on_batch=collect)
         rows.clear()
         sync(self.device)
         tick = time.perf_counter()
-        values = evaluate(self.model, loader(dataset), self.loss_fn, metrics, device=self.device, amp=self.amp,
-                          on_batch=collect)
+        values = evaluate(self.model, loader(dataset), self.loss_fn, metrics, plain, on_batch=collect)
         sync(self.device)
         seconds = time.perf_counter() - tick
         return {"split": split, "images": len(rows), "seconds": seconds,

@@ -15,7 +15,7 @@ from torch.utils.data import Subset
 from seg.checkpoint import load_checkpoint, load_model_state, sha256
 from seg.data.base import check_split
 from seg.engine import builders
-from seg.engine.loop import evaluate
+from seg.engine.loop import StepSettings, evaluate
 from seg.engine.preview import Preview, _safe_tag
 from seg.errors import CheckpointError
 from seg.logger.overlay import save_png
@@ -61,7 +61,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     train_cfg = stored_config(ckpt, cfg.dataset, path)
     trainer = train_cfg.get("trainer", {})
     device = builders.resolve_device(cfg.device)
-    amp = builders.build_amp(str(cfg.precision or trainer.get("precision", "auto")), device)
+    # NCHW: a plain model as users would deploy it (channels-last only changes speed, not results).
+    settings = StepSettings(device, builders.build_amp(str(cfg.precision or trainer.get("precision", "auto")), device))
     data = builders.build_data(train_cfg.dataset)
     dataset = data.dataset(cfg.split)
     model = builders.build(for_inference(train_cfg.model), "model")
@@ -80,14 +81,14 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         for j, index in enumerate(batch["index"].tolist()):
             rows.append({"id": ids[index], "index": index, **{k: stats[k][j] for k in ("dice", "iou", "precision", "recall")}})
 
-    values = evaluate(model, loader, loss_fn, metrics, device=device, amp=amp, desc=f"eval {cfg.split}", on_batch=collect)
+    values = evaluate(model, loader, loss_fn, metrics, settings, desc=f"eval {cfg.split}", on_batch=collect)
     out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else default_out_dir(path, cfg.split)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {**values, "n_images": len(rows), "split": cfg.split, "checkpoint": str(path.resolve()),
               "checkpoint_sha256": digest, "epoch": ckpt.get("epoch")}
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
     _write_csv(out_dir / "per_image.csv", rows)
-    n_saved = _save_overlays(cfg, rows, dataset, data.n_classes, model, device, amp, out_dir / "overlays")
+    n_saved = _save_overlays(cfg, rows, dataset, data.n_classes, model, settings, out_dir / "overlays")
     _print_table(values, len(rows), cfg.split, path)
     log.info("wrote %s, %s and %d overlay(s) to %s", "metrics.json", "per_image.csv", n_saved, out_dir)
     return report
@@ -102,7 +103,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _save_overlays(cfg: DictConfig, rows: list[dict[str, Any]], dataset: Any, n_classes: int,
-                   model: torch.nn.Module, device: torch.device, amp: Any, folder: Path) -> int:
+                   model: torch.nn.Module, settings: StepSettings, folder: Path) -> int:
     choice = str(getattr(cfg.overlays, "value", cfg.overlays))
     if choice == "none" or not rows:
         return 0
@@ -111,7 +112,7 @@ def _save_overlays(cfg: DictConfig, rows: list[dict[str, Any]], dataset: Any, n_
     for start in range(0, len(chosen), 16):  # bounded memory even with overlays=all
         part = chosen[start : start + 16]
         subset = Subset(dataset, [r["index"] for r in part])
-        panels = Preview(subset, list(range(len(part))), n_classes).render(model, device, amp)
+        panels = Preview(subset, list(range(len(part))), n_classes).render(model, settings)
         for rank, (row, panel) in enumerate(zip(part, panels), start=start):
             prefix = f"{rank:04d}_" if choice == "worst" else ""
             save_png(panel, folder / f"{prefix}{_safe_tag(str(row['id']))}_dice{row['dice']:.3f}.png")

@@ -65,13 +65,12 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 def validate(run: Run, tb: TensorBoardLogger, epoch: int) -> None:
     """Score the val split, log scalars and the fixed previews, step a plateau schedule, and write
     last.pt (and best.pt when the monitored metric improved)."""
-    t, state, step = run.cfg.trainer, run.state, run.step
-    values = evaluate(run.step_model, run.val_loader, run.loss_fn, run.val_metrics, device=step.device,
-                      amp=step.amp, channels_last=step.channels_last)
+    t, state = run.cfg.trainer, run.state
+    values = evaluate(run.step_model, run.val_loader, run.loss_fn, run.val_metrics, run.step)
     state.metrics = {f"val/{k}": float(v) for k, v in values.items()}
     tb.scalars(state.metrics, epoch)
     for split, preview in run.previews.items():
-        panels = preview.render(run.model, step.device, step.amp, step.channels_last)
+        panels = preview.render(run.model, run.step)
         if panels is not None:
             tb.panels(f"{split}/overlay", panels, epoch, preview.names)
     if t.monitor not in state.metrics:

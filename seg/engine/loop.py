@@ -158,10 +158,8 @@ def evaluate(
     loader: Iterable[Batch],
     loss_fn: nn.Module | None,
     metrics: SegMetrics,
+    settings: StepSettings,
     *,
-    device: torch.device,
-    amp: Amp,
-    channels_last: bool = False,
     desc: str = "val",
     on_batch: Callable[[Batch, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
@@ -170,8 +168,8 @@ def evaluate(
     model.eval()
     metrics.reset()
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
-        image, mask, weight = to_device(batch, device, channels_last)
-        with amp.autocast():
+        image, mask, weight = to_device(batch, settings.device, settings.channels_last)
+        with settings.amp.autocast():
             logits = model(image)
         logits = logits.float()
         loss = loss_fn(logits, mask, weight=weight) if loss_fn is not None else None

@@ -6,8 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from seg.engine.amp import Amp
-from seg.engine.loop import to_device
+from seg.engine.loop import StepSettings, to_device
 from seg.logger.overlay import overlay_panels
 from seg.metrics import prediction
 
@@ -22,13 +21,13 @@ class Preview:
         self.threshold = threshold
 
     @torch.no_grad()
-    def render(self, model: nn.Module, device: torch.device, amp: Amp, channels_last: bool = False) -> torch.Tensor | None:
+    def render(self, model: nn.Module, settings: StepSettings) -> torch.Tensor | None:
         if self.batch is None:
             return None
         was_training = model.training
         model.eval()
-        image, mask, _ = to_device(self.batch, device, channels_last)
-        with amp.autocast():
+        image, mask, _ = to_device(self.batch, settings.device, settings.channels_last)
+        with settings.amp.autocast():
             logits = model(image)
         model.train(was_training)
         return overlay_panels(image, prediction(logits.float(), self.threshold), mask, self.n_classes).cpu()

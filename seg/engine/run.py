@@ -47,6 +47,9 @@ class Run:
     previews: dict[str, Preview]
     state: TrainState = field(default_factory=TrainState)
 
+    def __post_init__(self) -> None:
+        self.plain_config = plain_config(self.cfg)  # what every checkpoint stores: resolved once
+
     @property
     def ckpt_dir(self) -> Path:
         return self.run_dir / "checkpoints"
@@ -63,7 +66,7 @@ class Run:
             scaler=self.amp.scaler.state_dict() if self.amp.scaler is not None else None,
             epoch=s.epoch, samples_seen=s.samples_seen, best_score=s.best_score, best_epoch=s.best_epoch,
             stale_validations=s.stale_validations, monitor=self.cfg.trainer.monitor, monitor_mode=self.mode,
-            metrics=s.metrics, config=plain_config(self.cfg), rng=rng_state(),
+            metrics=s.metrics, config=self.plain_config, rng=rng_state(),
         ), self.ckpt_dir / name)  # fmt: skip
 
 

@@ -52,5 +52,5 @@ def test_model_and_loss_train_together(model: str, loss: str) -> None:
     assert stats.steps == 3 and stats.samples == 12 and stats.loss == stats.loss and stats.loss > 0
     changed = [k for k, v in net.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])]
     assert changed, "no parameter moved"
-    values = evaluate(net, data, loss_fn, SegMetrics(n_classes=n_classes), device=device, amp=amp)
+    values = evaluate(net, data, loss_fn, SegMetrics(n_classes=n_classes), StepSettings(device, amp))
     assert 0 <= values["dice"] <= 1 and 0 <= values["iou"] <= 1 and values["loss"] > 0
