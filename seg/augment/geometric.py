@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seg.augment.intensity import gaussian_kernel1d, separable_conv, uniform
+from seg.augment.intensity import chance, gaussian_kernel1d, on_device, separable_conv, uniform
 from seg.data.base import IGNORE_INDEX
 
 
@@ -24,17 +24,16 @@ def sample_dihedral(
     """Per-sample random flips, then a random turn, reduced to (transpose, vflip, hflip) flags.
 
     With probability rot90_p a sample turns by 90, 180 or 270 degrees; a 90/270 turn swaps height and
-    width, so non-square batches can only turn by 180 degrees."""
-    no = torch.zeros(n, dtype=torch.bool, device=like.device)
-    h0 = uniform(n, 0.0, 1.0, like) < hflip_p if hflip_p > 0 else no
-    v0 = uniform(n, 0.0, 1.0, like) < vflip_p if vflip_p > 0 else no
+    width, so non-square batches can only turn by 180 degrees. The flags are CPU tensors (see
+    `chance`): `apply_dihedral` can skip unused flips without waiting for the device."""
+    no = torch.zeros(n, dtype=torch.bool)
+    h0 = chance(n, hflip_p) if hflip_p > 0 else no
+    v0 = chance(n, vflip_p) if vflip_p > 0 else no
     if rot90_p > 0:
-        turns = torch.randint(1, 4, (n,), device=like.device) if square else torch.full(
-            (n,), 2, device=like.device
-        )
-        k = torch.where(uniform(n, 0.0, 1.0, like) < rot90_p, turns, torch.zeros_like(turns))
+        turns = torch.randint(1, 4, (n,)) if square else torch.full((n,), 2)
+        k = torch.where(chance(n, rot90_p), turns, torch.zeros_like(turns))
     else:
-        k = torch.zeros(n, dtype=torch.long, device=like.device)
+        k = torch.zeros(n, dtype=torch.long)
     # torch.rot90(x, k, dims=(-2, -1)) is: k=1 transpose then vflip; k=2 vflip+hflip; k=3 transpose
     # then hflip. Flips done before a transpose become the other axis' flip after it.
     transpose = k % 2 == 1
@@ -46,12 +45,11 @@ def sample_dihedral(
 def apply_dihedral(x: Tensor, transpose: Tensor, vflip: Tensor, hflip: Tensor) -> Tensor:
     """x [B,...,H,W]: transpose, then flip rows, then columns, where each sample's flag says so."""
     shape = (-1,) + (1,) * (x.dim() - 1)
-    if bool(transpose.any()):
-        x = torch.where(transpose.view(shape), x.transpose(-1, -2), x)
-    if bool(vflip.any()):
-        x = torch.where(vflip.view(shape), x.flip(-2), x)
-    if bool(hflip.any()):
-        x = torch.where(hflip.view(shape), x.flip(-1), x)
+    for flags, flip in ((transpose, lambda t: t.transpose(-1, -2)), (vflip, lambda t: t.flip(-2)),
+                        (hflip, lambda t: t.flip(-1))):
+        flags = flags.cpu()  # host flags from sample_dihedral: no device sync to decide
+        if bool(flags.any()):
+            x = torch.where(on_device(flags, x).view(shape), flip(x), x)
     return x
 
 

@@ -5,7 +5,8 @@ and blur, or the network could tell the centre slice from its context by its gre
 the exception: it is drawn per pixel and per channel, as real acquisition noise is.
 
 Magnitudes are absolute, in the image's own units (0.1 brightness on [0,1] images; CT in HU needs
-values like 50). Parameters come from torch's global RNG on the batch's device.
+values like 50). Which samples get an operation is drawn on the host (`chance`), so deciding what to
+run never waits for the GPU; the magnitudes come from torch's global RNG on the batch's device.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ from torch import Tensor
 def uniform(n: int, low: float, high: float, like: Tensor) -> Tensor:
     """n draws in [low, high) on the batch's device, in float32 whatever the image precision."""
     return low + (high - low) * torch.rand(n, device=like.device, dtype=torch.float32)
+
+
+def chance(n: int, p: float) -> Tensor:
+    """Per-sample yes/no draws as a CPU bool tensor: branching on them costs no device sync."""
+    return torch.rand(n) < p
+
+
+def on_device(flags: Tensor, like: Tensor) -> Tensor:
+    return flags.to(like.device, non_blocking=True)
 
 
 def _per_sample(values: Tensor, like: Tensor) -> Tensor:
@@ -77,19 +87,20 @@ def adjust_tone(
         out = (out - mean) * _per_sample(factor, x) + mean
     if brightness > 0:
         out = out + _per_sample(uniform(n, -brightness, brightness, x), x)
-    return torch.where(selected.view(-1, 1, 1, 1), out, x)
+    return torch.where(on_device(selected, x).view(-1, 1, 1, 1), out, x)
 
 
 def add_noise(x: Tensor, selected: Tensor, std: float) -> Tensor:
     """Zero-mean Gaussian noise of a fixed absolute std on the selected samples."""
     noise = torch.randn_like(x) * std
-    return x + noise * selected.to(x.dtype).view(-1, 1, 1, 1)
+    return x + noise * on_device(selected, x).to(x.dtype).view(-1, 1, 1, 1)
 
 
 def blur_some(x: Tensor, selected: Tensor, sigma_range: tuple[float, float]) -> Tensor:
     """One sigma per batch (one kernel, one conv); only the selected samples are filtered."""
+    selected = selected.cpu()  # host flags (see `chance`); a no-op for them
     if not bool(selected.any()):
         return x
-    sigma = float(uniform(1, sigma_range[0], sigma_range[1], x).item())
-    index = selected.nonzero().squeeze(1)
+    sigma = float(sigma_range[0] + (sigma_range[1] - sigma_range[0]) * torch.rand(()))
+    index = on_device(selected.nonzero().squeeze(1), x)
     return x.index_copy(0, index, gaussian_blur(x.index_select(0, index), sigma))

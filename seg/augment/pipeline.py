@@ -23,7 +23,7 @@ from seg.augment.geometric import (
     sample_dihedral,
     warp,
 )
-from seg.augment.intensity import add_noise, adjust_tone, blur_some, uniform
+from seg.augment.intensity import add_noise, adjust_tone, blur_some, chance, on_device
 from seg.errors import ConfigError, DatasetError
 
 PADDING_MODES = ("reflection", "border", "zeros")
@@ -202,26 +202,27 @@ class Augment(nn.Module):
             weight = None if weight is None else apply_dihedral(weight, *flags)
         if not (self.affine_on or self.elastic_on):
             return image, mask, weight
-        no = torch.zeros(b, dtype=torch.bool, device=image.device)
-        use_affine = uniform(b, 0.0, 1.0, image) < self.affine_p if self.affine_on else no
-        use_elastic = uniform(b, 0.0, 1.0, image) < self.elastic_p if self.elastic_on else no
-        chosen = (use_affine | use_elastic).nonzero().squeeze(1)
-        n = chosen.numel()
+        no = torch.zeros(b, dtype=torch.bool)
+        use_affine = chance(b, self.affine_p) if self.affine_on else no  # host flags: no device sync
+        use_elastic = chance(b, self.elastic_p) if self.elastic_on else no
+        picked = (use_affine | use_elastic).nonzero().squeeze(1)
+        n = picked.numel()
         if n == 0:  # nothing drawn: skip resampling, the batch stays bitwise as it is
             return image, mask, weight
+        chosen = on_device(picked, image)
         theta = identity_theta(n, image)
         if self.affine_on:
             drawn = affine_theta(
                 n, (h, w), max_offset=self.max_offset, max_scale=self.max_scale,
                 max_rotation=self.max_rotation, like=image,
             )
-            theta = torch.where(use_affine[chosen].view(-1, 1, 1), drawn, theta)
+            theta = torch.where(on_device(use_affine[picked], image).view(-1, 1, 1), drawn, theta)
         displacement = None
         if self.elastic_on:
             field = elastic_displacement(
                 n, (h, w), alpha=self.elastic_alpha, sigma=self.elastic_sigma, like=image
             )
-            displacement = field * use_elastic[chosen].to(field.dtype).view(-1, 1, 1, 1)
+            displacement = field * on_device(use_elastic[picked], image).to(field.dtype).view(-1, 1, 1, 1)
         sub_weight = None if weight is None else weight.index_select(0, chosen)
         moved_image, moved_mask, moved_weight = warp(
             image.index_select(0, chosen), mask.index_select(0, chosen), sub_weight,
@@ -237,13 +238,13 @@ class Augment(nn.Module):
         """Tone first, blur next, noise last (noise is not blurred away); one draw of who is chosen
         for tone and noise, so intensity_p is the chance a sample gets any of them."""
         b = image.shape[0]
-        selected = uniform(b, 0.0, 1.0, image) < self.intensity_p if (self.tone_on or self.noise_on) else None
+        selected = chance(b, self.intensity_p) if (self.tone_on or self.noise_on) else None
         if self.tone_on and selected is not None:
             image = adjust_tone(
                 image, selected, brightness=self.brightness, contrast=self.contrast, gamma=self.gamma
             )
         if self.blur_p > 0:
-            image = blur_some(image, uniform(b, 0.0, 1.0, image) < self.blur_p, self.blur_sigma)
+            image = blur_some(image, chance(b, self.blur_p), self.blur_sigma)
         if self.noise_on and selected is not None:
             image = add_noise(image, selected, self.noise_std)
         return image
