@@ -18,6 +18,7 @@ Conventions (binary = one logit, foreground when sigmoid(logit) > threshold; mul
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -156,6 +157,16 @@ class SegMetrics:
         if loss is not None:
             s["loss_sum"] += loss.detach().double().reshape(())
             self.n_losses += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running sums (a checkpoint of an interrupted epoch keeps them)."""
+        sums = {} if self._state is None else {k: v.detach().cpu().clone() for k, v in self._state.items()}
+        return {"sums": sums, "n_images": self.n_images, "n_losses": self.n_losses}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        sums = state.get("sums") or {}
+        self._state = {k: v.to(device) for k, v in sums.items()} if sums else None
+        self.n_images, self.n_losses = int(state.get("n_images", 0)), int(state.get("n_losses", 0))
 
     def counts(self) -> dict[str, Tensor]:
         """Summed per-class TP/FP/FN/TN (int64, on the device; binary: the foreground class)."""

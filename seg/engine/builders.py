@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from seg.config import PRECISIONS
 from seg.data.base import SegDataModule
 from seg.engine.amp import Amp
-from seg.engine.seeding import EpochShuffle, worker_init_fn
+from seg.engine.seeding import EpochItems, EpochShuffle, worker_init_fn
 from seg.errors import ConfigError, SegError
 
 log = logging.getLogger("seg")
@@ -154,14 +154,19 @@ def build_loader(
     prefetch_factor: int = 4,
 ) -> DataLoader:
     """`shuffle_seed` set: an EpochShuffle sampler (call `loader.sampler.set_epoch(e)` before each
-    epoch); workers persist across epochs and prefetch; pinned memory feeds non-blocking copies."""
+    epoch) over the dataset wrapped in EpochItems; workers persist across epochs and prefetch; pinned
+    memory feeds non-blocking copies. The loader has its own generator, so starting one never draws
+    from the global RNG that augmentation uses (a resumed run keeps that stream exact)."""
     if batch_size < 1:
         raise ConfigError(f"trainer.batch_size must be >= 1, got {batch_size}")
     workers = max(0, int(num_workers))
     extra: dict[str, Any] = {}
     if workers > 0:
         extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": worker_init_fn}
-    sampler = EpochShuffle(len(dataset), shuffle_seed) if shuffle_seed is not None else None
+    sampler = None
+    if shuffle_seed is not None:
+        sampler = EpochShuffle(len(dataset), shuffle_seed)
+        dataset = EpochItems(dataset, shuffle_seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -169,5 +174,6 @@ def build_loader(
         num_workers=workers,
         drop_last=drop_last and len(dataset) > batch_size,
         pin_memory=pin_memory and device.type == "cuda",
+        generator=torch.Generator().manual_seed(0 if shuffle_seed is None else shuffle_seed),
         **extra,
     )

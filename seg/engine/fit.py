@@ -13,6 +13,7 @@ from seg.checkpoint import sha256
 from seg.engine.loop import EpochStats, evaluate, train_one_epoch
 from seg.engine.run import Run, start_run
 from seg.engine.signals import GracefulStop
+from seg.engine.state import EpochProgress
 from seg.errors import ConfigError
 from seg.logger.tensorboard import TensorBoardLogger
 
@@ -26,27 +27,24 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     try:
         with GracefulStop() as stop:
             for epoch in range(state.epoch + 1, t.epochs + 1):
-                run.train_loader.sampler.set_epoch(epoch)
-                run.train_metrics.reset()
-                stats = train_one_epoch(
-                    run.step_model, run.train_loader, run.loss_fn, run.optimizer, run.step, augment=run.augment,
-                    metrics=run.train_metrics, progress_every=t.progress_every, desc=f"epoch {epoch}/{t.epochs}",
-                    should_stop=stop,
-                )  # fmt: skip
+                if stop():  # a signal during validation: last.pt is already written or about to be
+                    _interrupted(run, stop.requested, epoch)
+                    break
+                stats = _train_epoch(run, epoch, stop)
                 state.samples_seen += stats.samples
                 if stats.interrupted:
-                    last = run.save("last.pt")
-                    log.warning("%s received during epoch %d: saved %s (state after epoch %d plus the finished "
-                                "steps). Continue with: seg-train resume=%s", stop.requested, epoch, last,
-                                state.epoch, last)
+                    state.progress = stats.progress
+                    state.progress.train_metrics = run.train_metrics.state_dict()
+                    _interrupted(run, stop.requested, epoch)
                     break
+                state.progress = None
                 state.epoch = epoch
                 _log_train(tb, run, stats, epoch)
+                if run.scheduler is not None and not run.plateau:
+                    run.scheduler.step()  # before validate() writes last.pt, so a resume starts at the next lr
                 validated = epoch == 1 or epoch % max(1, t.val_every) == 0 or epoch == t.epochs
                 if validated:
                     validate(run, tb, epoch)
-                if run.scheduler is not None and not run.plateau:
-                    run.scheduler.step()
                 _summary(epoch, t.epochs, stats, state.metrics if validated else None, t.monitor)
                 if t.early_stopping is not None and state.stale_validations >= t.early_stopping:
                     log.info("early stopping: %s has not improved for %d validations", t.monitor, t.early_stopping)
@@ -60,6 +58,32 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     log.info("done: best %s=%s at epoch %s; checkpoints in %s", t.monitor, state.best_score, state.best_epoch,
              run.ckpt_dir)
     return result
+
+
+def _train_epoch(run: Run, epoch: int, stop: GracefulStop) -> EpochStats:
+    """One epoch, or what is left of it when the run was interrupted in its middle."""
+    t, progress = run.cfg.trainer, run.state.progress
+    if progress is None or progress.epoch != epoch:
+        progress = EpochProgress(epoch)
+    run.train_loader.sampler.set_epoch(epoch, start=progress.samples)
+    run.train_metrics.reset()
+    if progress.train_metrics:
+        run.train_metrics.load_state_dict(progress.train_metrics, run.step.device)
+    if progress.samples:
+        log.info("epoch %d: continuing after its first %d samples", epoch, progress.samples)
+    return train_one_epoch(
+        run.step_model, run.train_loader, run.loss_fn, run.optimizer, run.step, augment=run.augment,
+        metrics=run.train_metrics, progress_every=t.progress_every, desc=f"epoch {epoch}/{t.epochs}",
+        should_stop=stop, start=progress,
+    )  # fmt: skip
+
+
+def _interrupted(run: Run, signal_name: str | None, epoch: int) -> None:
+    last = run.save("last.pt")
+    done = run.state.progress.samples if run.state.progress is not None else 0
+    log.warning("%s received during epoch %d: saved %s (after epoch %d%s). Continue exactly from there "
+                "with: seg-train resume=%s", signal_name, epoch, last, run.state.epoch,
+                f" and {done} samples of epoch {epoch}" if done else "", last)
 
 
 def validate(run: Run, tb: TensorBoardLogger, epoch: int) -> None:

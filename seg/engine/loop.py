@@ -16,6 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from seg.engine.amp import Amp
+from seg.engine.state import EpochProgress
 from seg.metrics import SegMetrics
 
 Batch = dict[str, Any]
@@ -29,6 +30,7 @@ class EpochStats:
     seconds: float
     data_seconds: float
     interrupted: bool = False
+    progress: EpochProgress | None = None  # the whole epoch so far, resumed part included
 
     @property
     def data_wait_fraction(self) -> float:
@@ -122,34 +124,40 @@ def train_one_epoch(
     progress_every: int = 10,
     desc: str = "train",
     should_stop: Callable[[], bool] = lambda: False,
+    start: EpochProgress | None = None,
 ) -> EpochStats:
+    """`start`: the part of this epoch trained before an interrupt (the loader already skips its
+    samples); the returned loss is the mean over the whole epoch."""
+    start = start or EpochProgress(epoch=0)
     model.train()
     if augment is not None:
         augment.train()
     device = settings.device
-    total = torch.zeros((), device=device, dtype=torch.float64)
+    total = torch.full((), start.loss_sum, device=device, dtype=torch.float64)  # summed as if never stopped
     steps = samples = 0
     data_seconds = 0.0
-    start = tick = time.perf_counter()
+    began = tick = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
     interrupted = False
     for batch in bar:
+        if should_stop():  # checked before a step, so a stop after the last step lets the epoch finish
+            interrupted = True
+            break
         data_seconds += time.perf_counter() - tick
         loss, n = train_step(model, batch, loss_fn, optimizer, settings, augment=augment, metrics=metrics)
         total += loss
         steps += 1
         samples += n
         if progress_every > 0 and steps % progress_every == 0:
-            bar.set_postfix(loss=f"{(total / steps).item():.4f}")
-        if should_stop():
-            interrupted = True
-            break
+            bar.set_postfix(loss=f"{(total / (start.steps + steps)).item():.4f}")
         tick = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     bar.close()
-    mean = (total / max(steps, 1)).item()
-    return EpochStats(mean, steps, samples, time.perf_counter() - start, data_seconds, interrupted)
+    seconds = time.perf_counter() - began
+    progress = EpochProgress(start.epoch, start.steps + steps, start.samples + samples, total.item())
+    mean = progress.loss_sum / max(progress.steps, 1)
+    return EpochStats(mean, steps, samples, seconds, data_seconds, interrupted, progress)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from seg.engine.amp import Amp
 from seg.engine.loop import StepSettings
 from seg.engine.preview import Preview
 from seg.engine.seeding import rng_state, seed_everything, set_rng_state
-from seg.engine.state import TrainState
+from seg.engine.state import EpochProgress, TrainState
 from seg.errors import CheckpointError, ConfigError
 from seg.metrics import SegMetrics
 
@@ -67,6 +67,7 @@ class Run:
             epoch=s.epoch, samples_seen=s.samples_seen, best_score=s.best_score, best_epoch=s.best_epoch,
             stale_validations=s.stale_validations, monitor=self.cfg.trainer.monitor, monitor_mode=self.mode,
             metrics=s.metrics, config=self.plain_config, rng=rng_state(),
+            epoch_progress=s.progress.to_dict() if s.progress is not None else None,
         ), self.ckpt_dir / name)  # fmt: skip
 
 
@@ -173,6 +174,8 @@ def restore(run: Run, path: Path) -> TrainState:
         raise CheckpointError(f"cannot resume from {path}: optimizer/scheduler state does not fit ({exc}). "
                               "Resume with the same optimizer, scheduler and model settings.") from None
     set_rng_state(ckpt["rng"])
+    progress = ckpt.get("epoch_progress")
     return TrainState(epoch=int(ckpt["epoch"]), samples_seen=int(ckpt.get("samples_seen", 0)),
                       best_score=ckpt.get("best_score"), best_epoch=ckpt.get("best_epoch"),
-                      stale_validations=int(ckpt.get("stale_validations", 0)), metrics=dict(ckpt.get("metrics", {})))
+                      stale_validations=int(ckpt.get("stale_validations", 0)), metrics=dict(ckpt.get("metrics", {})),
+                      progress=EpochProgress.from_dict(progress) if progress else None)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 
 def seed_everything(seed: int) -> None:
@@ -32,22 +32,51 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return g
 
 
-class EpochShuffle(Sampler[int]):
+def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The random stream of one item in one epoch (e.g. where a crop lands). It depends on nothing
+    else, so a worker's count, its order, or a resume in the middle of an epoch draw the same item."""
+    return np.random.default_rng([seed % 2**64, epoch, index])
+
+
+class EpochShuffle(Sampler[tuple[int, int]]):
     """A shuffling order that depends only on (seed, epoch), like DistributedSampler's set_epoch: a
     resumed run sees the same order as an uninterrupted one, and one DataLoader (with persistent
-    workers) serves every epoch."""
+    workers) serves every epoch. It yields `(epoch, index)` keys for `EpochItems`: workers keep their
+    own copy of the dataset, so the epoch has to travel with each index.
+
+    `set_epoch(e, start=k)` skips the first k indices of epoch e's order (an epoch resumed after k
+    samples)."""
 
     def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 1
+        self.n, self.seed, self.epoch, self.start = n, seed, 1, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, min(max(0, start), self.n)
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist())
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist()
+        return ((self.epoch, i) for i in order[self.start :])
 
     def __len__(self) -> int:
-        return self.n
+        return self.n - self.start
+
+
+class EpochItems(Dataset):
+    """Serves `(epoch, index)` keys. Datasets with random items (LUNA's training crops) define
+    `draw(index, rng)` and get `item_rng(seed, epoch, index)`; the others are simply indexed."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+        self._draw = getattr(dataset, "draw", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if self._draw is None:
+            return self.dataset[index]
+        return self._draw(index, item_rng(self.seed, epoch, index))
 
 
 def rng_state() -> dict[str, Any]:

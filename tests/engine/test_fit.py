@@ -81,20 +81,20 @@ def test_resume_gives_the_same_weights_as_training_straight(tmp_path: Path) -> N
     assert [e.step for e in events.Scalars("val/dice")] == [1, 2, 3, 4]  # one continuous curve
 
 
-def _fit_epochs(cfg, run_dir: Path, stop_after: int) -> None:
-    """Train with the full schedule but interrupt (as SIGINT would) after `stop_after` epochs."""
+def _fit_interrupted(cfg, run_dir: Path, stop_after_steps: int) -> None:
+    """Train with the full schedule but stop (as SIGINT would) after `stop_after_steps` optimizer steps."""
     import seg.engine.fit as fit_module
 
-    real = fit_module.train_one_epoch
-    calls = {"n": 0}
+    real, steps = fit_module.train_one_epoch, {"n": 0}
 
-    def limited(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > stop_after:
-            kwargs["should_stop"] = lambda: True
-        return real(*args, **kwargs)
+    def counting(*args, **kwargs):
+        def should_stop() -> bool:  # asked before each step
+            steps["n"] += 1
+            return steps["n"] > stop_after_steps
 
-    fit_module.train_one_epoch = limited
+        return real(*args, **{**kwargs, "should_stop": should_stop})
+
+    fit_module.train_one_epoch = counting
     try:
         fit(cfg, run_dir)
     finally:
@@ -103,11 +103,37 @@ def _fit_epochs(cfg, run_dir: Path, stop_after: int) -> None:
 
 def test_interrupt_saves_last_and_keeps_best(tmp_path: Path) -> None:
     cfg = compose_cfg(["trainer.epochs=3"], tmp_path)
-    _fit_epochs(cfg, tmp_path, stop_after=1)
+    _fit_interrupted(cfg, tmp_path, stop_after_steps=5)  # 3 steps per epoch: stops in epoch 2
     last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
     assert last["epoch"] == 1 and best["epoch"] == 1
-    assert last["samples_seen"] > best["samples_seen"]  # the finished steps of epoch 2 are kept
+    assert last["samples_seen"] == 5 * 4 and best["samples_seen"] == 3 * 4  # the finished steps are kept
+    progress = last["epoch_progress"]
+    assert (progress["epoch"], progress["steps"], progress["samples"]) == (2, 2, 8)
+    assert best["epoch_progress"] is None
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("stop_after_steps", [4, 3])  # in the middle of epoch 2; right after epoch 1
+def test_resume_after_an_interrupt_is_exact(tmp_path: Path, workers: int, stop_after_steps: int) -> None:
+    """Interrupted mid-epoch then resumed == trained straight: weights, the epoch's logged loss and
+    train metrics, and the lr schedule (cosine, stepped per epoch)."""
+    common = ["augmentation=strong", "scheduler=cosine", "trainer.epochs=3", f"trainer.num_workers={workers}"]
+    fit(compose_cfg(common, tmp_path / "straight"), tmp_path / "straight")
+    run = tmp_path / "stopped"
+    _fit_interrupted(compose_cfg(common, run), run, stop_after_steps=stop_after_steps)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+    fit(compose_cfg([*common, "resume=auto"], run), run)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert b["epoch"] == 3 and b["samples_seen"] == a["samples_seen"] and b["scheduler"] == a["scheduler"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    curves = [EventAccumulator(str(d / "tb")).Reload() for d in (tmp_path / "straight", run)]
+    for tag in ("train/loss", "train/dice", "lr", "val/dice", "val/loss"):
+        # sorted: both event files of the resumed run may carry the same second in their names
+        straight, resumed = (sorted((e.step, e.value) for e in c.Scalars(tag)) for c in curves)
+        assert resumed == straight and len(straight) == 3, tag
 
 
 def test_unknown_monitor_names_the_available_metrics(tmp_path: Path) -> None:

@@ -96,8 +96,9 @@ class _CropIds(Sequence):
 
 
 class LunaCropDataset(Dataset):
-    """Random crops around nodules (training); the crop position comes from torch's RNG, so a seeded
-    run (and its DataLoader workers) draws the same crops."""
+    """Random crops around nodules (training). Where a crop lands comes from the `rng` that `draw`
+    is given: the trainer passes one per (seed, epoch, item), so runs repeat with the seed whatever
+    the number of loader workers, and a run resumed mid-epoch draws the crops it would have drawn."""
 
     def __init__(
         self,
@@ -117,16 +118,20 @@ class LunaCropDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def _start(self, centre: int, size: int) -> int:
+    def _start(self, centre: int, size: int, rng: np.random.Generator) -> int:
         """Top-left of the crop along one axis: window centred on the nodule, kept inside the slice."""
         window = min(self.window, size)
         first = min(max(centre - window // 2, 0), size - window)
-        return first + int(torch.randint(0, window - self.crop + 1, (1,)))
+        return first + int(rng.integers(0, window - self.crop + 1))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """The crop of item `index` outside training (previews): the same one every time."""
+        return self.draw(index, np.random.default_rng(index))
+
+    def draw(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         uid, s, r, c = self.nodules[index % len(self.nodules)]
         depth, height, width = self.shapes[uid]
-        r0, c0 = self._start(r, height), self._start(c, width)
+        r0, c0 = self._start(r, height, rng), self._start(c, width, rng)
         rows, cols = slice(r0, r0 + self.crop), slice(c0, c0 + self.crop)
         hu, mask = self.store.arrays(uid)
         image = np.asarray(hu[context_indices(s, self.context, depth), rows, cols], dtype=np.float32)

@@ -13,11 +13,11 @@ import torch
 from hydra.utils import instantiate
 from numpy.lib.stride_tricks import sliding_window_view
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader
 
 from luna_fixtures import sphere, uid
 from seg.data.luna import Luna16Data
 from seg.data.luna.dataset import SeriesStore
+from seg.engine.builders import build_loader
 from seg.errors import ConfigError, DatasetError
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "dataset" / "luna16.yaml"
@@ -131,7 +131,6 @@ def test_training_crops_around_nodules(shared_luna, tmp_path: Path) -> None:
     assert len(train) == 13 and len(train.ids) == 13
     assert train.ids[5] == f"{uid(104)}:2:5" and train.ids[-1] == f"{uid(102)}:6:12"
     volumes = {s.uid: volume(s) for s in series}
-    torch.manual_seed(0)
     for i in range(len(train)):
         item = train[i]
         image, mask = item["image"].numpy(), item["mask"].numpy()
@@ -148,16 +147,25 @@ def test_training_crops_around_nodules(shared_luna, tmp_path: Path) -> None:
         np.testing.assert_array_equal(image[0], volumes[u][max(s - 3, 0), r0 : r0 + CROP, c0 : c0 + CROP])
 
 
-def test_training_crops_follow_torch_seed_in_workers(shared_luna, tmp_path: Path) -> None:
+def test_training_crops_depend_on_seed_epoch_and_item_only(shared_luna, tmp_path: Path) -> None:
+    """Through the trainer's loader: the same crops with 0 or 2 workers, new crops each epoch, and an
+    epoch resumed after 8 samples continues with exactly the crops it would have drawn."""
     train = make(root=shared_luna[0], cache=tmp_path, epoch_samples=16).dataset("train")
 
-    def draw(seed: int) -> torch.Tensor:
-        torch.manual_seed(seed)
-        return torch.cat([b["image"] for b in DataLoader(train, batch_size=8, num_workers=2)])
+    def draw(seed: int, epoch: int, workers: int, start: int = 0) -> torch.Tensor:
+        loader = build_loader(train, batch_size=4, num_workers=workers, device=torch.device("cpu"),
+                              shuffle_seed=seed, drop_last=True)
+        loader.sampler.set_epoch(epoch, start=start)
+        torch.manual_seed(123)  # the global stream plays no part
+        return torch.cat([b["image"] for b in loader])
 
-    first, again, other = draw(1), draw(1), draw(2)
-    assert torch.equal(first, again)
-    assert not torch.equal(first, other)
+    first = draw(1, 1, 0)
+    assert first.shape[0] == 16
+    assert torch.equal(first, draw(1, 1, 2))
+    assert torch.equal(first[8:], draw(1, 1, 0, start=8))
+    assert not torch.equal(first, draw(1, 2, 0))
+    assert not torch.equal(first, draw(2, 1, 0))
+    assert torch.equal(train[3]["image"], train[3]["image"])  # outside training: one fixed crop per item
     assert len(pickle.dumps(train)) < 20_000  # workers get paths, never copies of the volumes
 
 
