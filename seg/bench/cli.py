@@ -44,15 +44,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile, autotune; default 5)")
     parser.add_argument("--rounds", type=int, default=4,
                         help="seg and reference steps alternate in this many chunks (default 4)")
+    parser.add_argument("--sync-every", type=int, default=None,
+                        help="steps per timed window, each ending with a device sync (default: 5 on a GPU, "
+                             "where a sync per step would stall the queue a real run keeps full; 1 on a CPU)")
     parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="output file (default benchmark.json)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where the fresh, deleted-afterwards data cache goes (default: the system temp folder)")
     parser.add_argument("--skip-reference", action="store_true", help="do not run the reference loop")
     parser.add_argument("--skip-eval", action="store_true", help="do not time evaluation")
     args = parser.parse_intermixed_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
-        parser.error(f"need --steps >= 1, --warmup >= 0 and --rounds >= 1, got {args.steps}, {args.warmup}, "
-                     f"{args.rounds}")
+    if args.steps < 1 or args.warmup < 0 or args.rounds < 1 or (args.sync_every is not None and args.sync_every < 1):
+        parser.error(f"need --steps >= 1, --warmup >= 0, --rounds >= 1 and --sync-every >= 1, got {args.steps}, "
+                     f"{args.warmup}, {args.rounds}, {args.sync_every}")
     return args
 
 
@@ -108,9 +111,10 @@ def describe(
 
 
 def run_benchmark(cfg: DictConfig, overrides: Sequence[str], *, steps: int, warmup: int, rounds: int = 4,
-                  skip_reference: bool = False, skip_eval: bool = False,
-                  cache_parent: Path | None = None) -> dict[str, Any]:
+                  skip_reference: bool = False, skip_eval: bool = False, cache_parent: Path | None = None,
+                  sync_every: int | None = None) -> dict[str, Any]:
     device = builders.resolve_device(cfg.trainer.device)
+    sync_every = sync_every or (1 if device.type == "cpu" else 5)
     if int(cfg.trainer.batch_size) < 1:
         raise ConfigError(f"trainer.batch_size must be >= 1, got {cfg.trainer.batch_size}")
     if cache_parent is not None:
@@ -126,11 +130,12 @@ def run_benchmark(cfg: DictConfig, overrides: Sequence[str], *, steps: int, warm
         factories: dict[str, Callable[[], Any]] = {"seg": lambda: SegRun(cfg, data, device)}
         if not skip_reference:
             factories["reference"] = lambda: ReferenceRun(cfg, data, device, n_samples=n_samples)
-        paths = interleaved(factories, warmup=warmup, steps=steps, rounds=rounds, device=device)
+        paths = interleaved(factories, warmup=warmup, steps=steps, rounds=rounds, device=device, sync_every=sync_every)
         seg: SegRun = paths["seg"].run
         result: dict[str, Any] = {
             "config": describe(cfg, overrides, data, seg.amp.precision, seg.channels_last), "machine": machine_info(device),
-            "settings": {"steps": steps, "warmup": warmup, "rounds": len(split_steps(steps, rounds))},
+            "settings": {"steps": steps, "warmup": warmup, "rounds": len(split_steps(steps, rounds)),
+                         "sync_every": sync_every},
             "memory_kind": memory_kind(device), "data_prep": prep,
         }  # fmt: skip
         for name, path in paths.items():
@@ -143,7 +148,7 @@ def run_benchmark(cfg: DictConfig, overrides: Sequence[str], *, steps: int, warm
             result["reference"]["dataset_images"] = len(paths["reference"].run.dataset)
             result["speedup"] = _ratio(train["images_per_second"], result["reference"]["images_per_second"])
             del paths["reference"]
-        pipe = seg.time_pipeline(warmup, steps).summary()
+        pipe = seg.time_pipeline(warmup, steps, sync_every).summary()
         pipe["ratio_to_training"] = _ratio(pipe["images_per_second_mean"], train["images_per_second"])
         result["data_pipeline"] = pipe
         result["flops"] = flops_figures(seg.flops_per_image(), train["images_per_second"], device)
@@ -173,7 +178,8 @@ def format_table(r: dict[str, Any]) -> str:
     c, m, seg = r["config"], r["machine"], r["seg"]
     rows: list[tuple[str, str, str]] = [
         ("seg training", _fmt(seg["images_per_second"], " img/s"),
-         f"median of {seg['timed_steps']} steps ({seg['step_seconds_median']:.3f} s/step); "
+         f"median of {seg.get('timed_windows', seg['timed_steps'])} windows, {seg['timed_steps']} steps "
+         f"({seg['step_seconds_median']:.3f} s/step); "
          f"mean {seg['images_per_second_mean']:.1f} img/s"),
     ]
     if r["reference"] is not None:
@@ -205,7 +211,8 @@ def format_table(r: dict[str, Any]) -> str:
             f"workers {c['num_workers']}, augmentation: {'; '.join(c['augmentation'])}")
     machine = (f"{m['device']} ({m['device_name']}), torch {m['torch']}, {m['cpu_count']} CPUs, "
                f"{m['torch_threads']} threads; {r['settings']['warmup']} warm-up + {r['settings']['steps']} timed steps "
-               f"in {r['settings']['rounds']} alternating rounds")
+               f"in {r['settings']['rounds']} alternating rounds, a device sync every "
+               f"{r['settings'].get('sync_every', 1)} step(s)")
     w1, w2 = max(len(a) for a, _, _ in rows), max(len(b) for _, b, _ in rows)
     lines = [head, machine, "-" * (w1 + w2 + 40)]
     lines += [f"{a:<{w1}}  {b:>{w2}}  {note}" for a, b, note in rows]
@@ -229,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise ConfigError(f"cannot compose the config from {args.overrides}: {_first_line(exc)}") from None
         result = run_benchmark(cfg, args.overrides, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
                                skip_reference=args.skip_reference, skip_eval=args.skip_eval,
-                               cache_parent=args.cache_dir)
+                               cache_parent=args.cache_dir, sync_every=args.sync_every)
         print(format_table(result))
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))

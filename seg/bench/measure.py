@@ -1,8 +1,11 @@
 """Timing, memory and FLOP helpers for the benchmark.
 
-Every timed step ends with a device sync, so a step's time is the work it launched, not just the time
-to queue it; throughput is the median over steps after warm-up, which shrugs off the odd slow step
-(a worker restart at an epoch boundary, a page fault, another process on a shared machine).
+A timed window of steps ends with a device sync, so its time is the work it launched, not just the
+time to queue it. On a GPU a window spans several steps (`sync_every`): a sync after every step would
+drain the queue each time and charge the loader's host work to the GPU, which a real run (no host
+syncs in its step loop) overlaps. Throughput is the median over windows after warm-up, which shrugs
+off the odd slow one (a worker restart at an epoch boundary, a page fault, another process on a
+shared machine).
 """
 
 from __future__ import annotations
@@ -32,14 +35,20 @@ def sync(device: torch.device) -> None:
 
 @dataclass
 class StepTimes:
-    """Wall seconds and images of each timed step."""
+    """Wall seconds, images and steps of each timed window."""
 
     seconds: list[float] = field(default_factory=list)
     images: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.steps:
+            self.steps = [1] * len(self.seconds)
 
     @property
     def median_seconds(self) -> float:
-        return statistics.median(self.seconds) if self.seconds else 0.0
+        """Median seconds per step."""
+        return statistics.median(s / k for s, k in zip(self.seconds, self.steps)) if self.seconds else 0.0
 
     @property
     def median_images_per_second(self) -> float:
@@ -54,33 +63,43 @@ class StepTimes:
     def extend(self, other: "StepTimes") -> None:
         self.seconds.extend(other.seconds)
         self.images.extend(other.images)
+        self.steps.extend(other.steps)
 
     def summary(self) -> dict[str, float]:
+        per_step = [s / k for s, k in zip(self.seconds, self.steps)]
         return {
             "images_per_second": self.median_images_per_second,
             "images_per_second_mean": self.mean_images_per_second,
             "step_seconds_median": self.median_seconds,
-            "step_seconds_min": min(self.seconds, default=0.0),
-            "step_seconds_max": max(self.seconds, default=0.0),
-            "timed_steps": len(self.seconds),
+            "step_seconds_min": min(per_step, default=0.0),
+            "step_seconds_max": max(per_step, default=0.0),
+            "timed_steps": sum(self.steps),
+            "timed_windows": len(self.seconds),
             "timed_images": sum(self.images),
         }
 
 
-def time_steps(step: Callable[[], int], *, warmup: int, steps: int, device: torch.device) -> StepTimes:
-    """Run `warmup` untimed then `steps` timed calls of `step` (which returns the images it used)."""
-    if steps < 1 or warmup < 0:
-        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+def time_steps(
+    step: Callable[[], int], *, warmup: int, steps: int, device: torch.device, sync_every: int = 1
+) -> StepTimes:
+    """Run `warmup` untimed then `steps` timed calls of `step` (which returns the images it used), in
+    windows of `sync_every` steps that each end with a device sync."""
+    if steps < 1 or warmup < 0 or sync_every < 1:
+        raise ValueError(f"need steps >= 1, warmup >= 0 and sync_every >= 1, got {steps}, {warmup}, {sync_every}")
     for _ in range(warmup):
         step()
     sync(device)
     times = StepTimes()
-    for _ in range(steps):
+    done = 0
+    while done < steps:
+        k = min(sync_every, steps - done)
         start = time.perf_counter()
-        n = step()
+        n = sum(int(step()) for _ in range(k))
         sync(device)
         times.seconds.append(time.perf_counter() - start)
-        times.images.append(int(n))
+        times.images.append(n)
+        times.steps.append(k)
+        done += k
     return times
 
 
@@ -107,7 +126,8 @@ class PathResult:
 
 
 def interleaved(
-    factories: dict[str, Callable[[], Steppable]], *, warmup: int, steps: int, rounds: int, device: torch.device
+    factories: dict[str, Callable[[], Steppable]], *, warmup: int, steps: int, rounds: int, device: torch.device,
+    sync_every: int = 1,
 ) -> dict[str, PathResult]:
     """Time several training paths in alternating chunks, so a change in background load (a shared
     machine) hits all of them alike instead of skewing their ratio. Each path is built, warmed up
@@ -122,12 +142,14 @@ def interleaved(
             run = make()
             run.start()
             results[name] = PathResult(run, StepTimes(), 0, 0)
-            results[name].times = time_steps(run.step, warmup=warmup, steps=chunks[0], device=device)
+            results[name].times = time_steps(run.step, warmup=warmup, steps=chunks[0], device=device,
+                                              sync_every=sync_every)
             peak = peak_memory_bytes(device)
             results[name].peak_memory_bytes, results[name].memory_increase_bytes = peak, max(0, peak - base)
         for chunk in chunks[1:]:
             for result in results.values():
-                result.times.extend(time_steps(result.run.step, warmup=0, steps=chunk, device=device))
+                result.times.extend(time_steps(result.run.step, warmup=0, steps=chunk, device=device,
+                                                sync_every=sync_every))
     finally:
         for result in results.values():
             result.run.close()

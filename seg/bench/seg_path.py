@@ -1,9 +1,6 @@
-"""The `seg` side of the benchmark, built from the engine's own pieces in the order `fit` uses them.
-
-The engine has no per-step function, so `SegRun.train_step` repeats the body of
-`loop.train_one_epoch` (to_device, augment, autocast forward, loss, backward, optimizer step, metric
-update, the periodic progress read-back) for one batch; keep the two in step.
-"""
+"""The `seg` side of the benchmark, built from the engine's own pieces in the order `fit` uses them:
+the same loader, `train_step` and metric accumulation, plus the progress bar's periodic read-back that
+`train_one_epoch` does."""
 
 from __future__ import annotations
 
@@ -41,7 +38,7 @@ class SegRun:
         self.augment = builders.build(cfg.augmentation, "augmentation").to(device)
         self.optimizer = builders.build_optimizer(cfg.optimizer, self.model, device)
         self.metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names)
-        self.step_model = torch.compile(self.model) if t.compile else self.model
+        self.step_model = torch.compile(self.model, backend=t.compile_backend) if t.compile else self.model
         self.train_ds = data.dataset("train")
         self._total = torch.zeros((), device=device, dtype=torch.float64)
         self._steps = 0
@@ -85,7 +82,7 @@ class SegRun:
             self._batches.close()  # shuts the epoch's loader workers down now, not at garbage collection
             self._batches = None
 
-    def time_pipeline(self, warmup: int, steps: int) -> StepTimes:
+    def time_pipeline(self, warmup: int, steps: int, sync_every: int = 1) -> StepTimes:
         """Loader + host-to-device copy + augmentation: what the data side can deliver alone."""
         self.augment.train()
         batches = self.batches()
@@ -96,7 +93,7 @@ class SegRun:
             return int(image.shape[0])
 
         try:
-            return time_steps(step, warmup=warmup, steps=steps, device=self.device)
+            return time_steps(step, warmup=warmup, steps=steps, device=self.device, sync_every=sync_every)
         finally:
             batches.close()
 

@@ -68,7 +68,7 @@ def test_main_prints_table_and_writes_every_figure(tmp_path: Path, capsys: pytes
     assert r["config"]["augmentation"] == ["hflip p=0.5", "vflip p=0.5"]
     assert r["machine"]["device"] == "cpu" and r["machine"]["torch"] == torch.__version__
     assert r["machine"]["cpu_count"] >= 1 and r["machine"]["torch_threads"] >= 1
-    assert r["settings"] == {"steps": 3, "warmup": 2, "rounds": 2}
+    assert r["settings"] == {"steps": 3, "warmup": 2, "rounds": 2, "sync_every": 1}  # CPU: a sync per step
     assert r["memory_kind"] == "process_peak_rss"
     for part in ("seg", "reference", "data_pipeline"):
         figures = r[part]
@@ -100,10 +100,12 @@ def test_main_prints_table_and_writes_every_figure(tmp_path: Path, capsys: pytes
 def test_skip_flags_leave_those_figures_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r.json"
     cache_parent = tmp_path / "caches"
-    main([*TINY, "--warmup", "0", "--steps", "1", "--skip-reference", "--skip-eval", "--json", str(out),
-          "--cache-dir", str(cache_parent)])
+    main([*TINY, "--warmup", "0", "--steps", "3", "--skip-reference", "--skip-eval", "--json", str(out),
+          "--cache-dir", str(cache_parent), "--sync-every", "2", "--rounds", "1"])
     table = capsys.readouterr().out
     r = json.loads(out.read_text())
+    assert r["settings"]["sync_every"] == 2 and r["seg"]["timed_windows"] == 2 and r["seg"]["timed_steps"] == 3
+    assert "a device sync every 2 step(s)" in table
     assert r["reference"] is None and r["speedup"] is None and r["eval"] is None
     assert _positive(r["seg"]["images_per_second"])
     assert "reference loop" not in table and "evaluation" not in table
@@ -129,9 +131,10 @@ def test_bad_override_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str])
     assert err.startswith("seg-bench: error: cannot compose the config") and "Traceback" not in err
 
 
-def test_bad_steps_is_rejected() -> None:
+@pytest.mark.parametrize("bad", [["--steps", "0"], ["--sync-every", "0"]])
+def test_bad_steps_is_rejected(bad: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main([*TINY, "--steps", "0"])
+        main([*TINY, *bad])
     assert exc.value.code == 2
 
 
@@ -155,6 +158,28 @@ def test_time_steps_runs_warmup_untimed() -> None:
     assert len(calls) == 5 and times.images == [5, 5, 5] and len(times.seconds) == 3
     with pytest.raises(ValueError):
         time_steps(step, warmup=0, steps=0, device=CPU)
+
+
+def test_time_steps_in_windows_between_syncs(monkeypatch) -> None:
+    """With sync_every=k, one sync (and one timing) per k steps; the summary is still per step."""
+    import seg.bench.measure as measure
+
+    synced: list[int] = []
+    calls: list[int] = []
+    monkeypatch.setattr(measure, "sync", lambda device: synced.append(len(calls)))
+
+    def step() -> int:
+        calls.append(1)
+        return 4
+
+    times = time_steps(step, warmup=1, steps=7, device=CPU, sync_every=3)
+    assert synced == [1, 4, 7, 8]  # after warm-up, then after steps 3, 6 and 7
+    assert times.steps == [3, 3, 1] and times.images == [12, 12, 4]
+    s = times.summary()
+    assert s["timed_steps"] == 7 and s["timed_windows"] == 3 and s["timed_images"] == 28
+    assert s["step_seconds_min"] <= s["step_seconds_median"] <= s["step_seconds_max"]
+    with pytest.raises(ValueError):
+        time_steps(step, warmup=0, steps=1, device=CPU, sync_every=0)
 
 
 def test_split_steps_into_rounds() -> None:
