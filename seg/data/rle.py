@@ -6,13 +6,23 @@ previous run (from pixel 0 for the first run): a *relative* form. Pixels are num
 transposed. `-1` means an empty mask. The usual Kaggle form (`rle_*_absolute`) uses 1-based absolute
 starts over the same pixel order instead.
 
+Both official label files use the relative form: the stage-2 `stage_2_train.csv` repeats the rows of
+`train-rle.csv` unchanged and adds the stage-1 test images. Evidence (no organiser statement of a
+switch to absolute starts was found): the 5th-place solution (earhian/SIIM-ACR-Pneumothorax-
+Segmentation-5th, dataSet/reader.py, compare.py) decodes stage_2_train.csv with the relative decoder
+and scores it against its own relative stage-1 submission; public kernels convert stage_2_train.csv to
+train-rle.csv by renaming the column only; a public preprocessing script notes train-rle.csv is a
+byte-for-byte subset of stage_2_train.csv. A copy re-encoded with absolute starts fails loudly here
+rather than decoding to garbage: as relative its runs overflow the image, and relative offsets read as
+absolute starts go backwards (`rle_decode_absolute` rejects that).
+
 Malformed strings raise `DatasetError`; readers catch it and add the CSV row and image id.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +123,16 @@ def rle_decode_absolute(rle: str, height: int, width: int) -> np.ndarray:
         return np.zeros((height, width), dtype=np.uint8)
     if (pairs[:, 0] < 1).any():
         raise DatasetError("absolute run-length starts are 1-based; found a start of 0")
-    return _paint(pairs[:, 0] - 1, pairs[:, 1], height, width)
+    starts, lengths = pairs[:, 0] - 1, pairs[:, 1]
+    behind = np.flatnonzero(starts[1:] < (starts + lengths)[:-1])
+    if behind.size:
+        i = int(behind[0]) + 1
+        raise DatasetError(
+            f"absolute run-length start {int(pairs[i, 0])} (pair {i + 1}) is not after the previous run, which "
+            f"ends at pixel {int(starts[i - 1] + lengths[i - 1])}; absolute starts only increase, so this string "
+            f"is probably SIIM's relative form"
+        )
+    return _paint(starts, lengths, height, width)
 
 
 def rle_encode_absolute(mask: np.ndarray) -> str:
@@ -124,11 +143,20 @@ def rle_encode_absolute(mask: np.ndarray) -> str:
     return " ".join(map(str, np.stack([starts + 1, lengths], axis=1).ravel().tolist()))
 
 
-def rle_decode_union(rles: Iterable[str], height: int = 1024, width: int = 1024) -> np.ndarray:
-    """Several rows for one image are several regions: their union."""
+DECODERS: dict[str, Callable[[str, int, int], np.ndarray]] = {
+    "relative": rle_decode,
+    "absolute": rle_decode_absolute,
+}
+ENCODERS: dict[str, Callable[[np.ndarray], str]] = {"relative": rle_encode, "absolute": rle_encode_absolute}
+RLE_FORMS = tuple(DECODERS)
+
+
+def rle_decode_union(rles: Iterable[str], height: int = 1024, width: int = 1024, form: str = "relative") -> np.ndarray:
+    """Several rows for one image are several regions: their union. `form` is one of RLE_FORMS."""
+    decode = DECODERS[form]
     mask = np.zeros((height, width), dtype=np.uint8)
     for rle in rles:
-        np.maximum(mask, rle_decode(rle, height, width), out=mask)
+        np.maximum(mask, decode(rle, height, width), out=mask)
     return mask
 
 

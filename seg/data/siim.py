@@ -2,10 +2,15 @@
 
 Two on-disk layouts are read (`layout: auto` picks whichever is present, DICOM first):
 
-- dicom: the Kaggle release, `dicom-images-train/<study>/<series>/<SOPInstanceUID>.dcm` plus
-  `train-rle.csv` (`ImageId, EncodedPixels`; `-1` = no pneumothorax; one row per region). Image ids are
-  the SOPInstanceUIDs (file stems). Images without a CSV row, and rows without an image, are skipped
-  with one warning. Cases are split by image with `split` ratios and `split_seed`.
+- dicom: the Kaggle release, `dicom-images-train/<study>/<series>/<SOPInstanceUID>.dcm` (stage-1
+  train) and `dicom-images-test/...` (stage-1 test); ids are the SOPInstanceUIDs (file stems). Labels:
+  `stage_2_train.csv` (stage 2, `ImageId,EncodedPixels`: stage-1 train AND test images) or else
+  `train-rle.csv` (stage 1, `ImageId, EncodedPixels`: train images only, so dicom-images-test is then
+  unused); with both, the stage-2 file wins as it labels more images, and the choice is logged.
+  `-1` = no pneumothorax; one row per region. `stage_2_images/` (unlabelled stage-2 test) is never
+  read. Both CSVs use SIIM's relative RLE (evidence in seg.data.rle); `rle: absolute` reads a copy
+  re-encoded with absolute starts. Images without a row, and rows without an image, are skipped with
+  one warning. Cases are split by image with `split` ratios and `split_seed`.
 - png: the common converted copy, `<split>/images|inputs/*.png` with masks of the same stem in
   `<split>/masks|labels/` (0/255 or 0/1). With two or more of the folders train/val/test present they
   are the split (ids `<split>/<stem>`); with one, it is cut by `split` ratios.
@@ -28,21 +33,28 @@ import SimpleITK as sitk
 
 from seg.data.base import ArrayDataset, CachedArrayData, check_split
 from seg.data.io import IMAGE_SUFFIXES, read_gray, read_label
-from seg.data.rle import read_rle_csv, rle_decode
+from seg.data.rle import DECODERS, RLE_FORMS, read_rle_csv
 from seg.data.split import SPLITS
 from seg.errors import ConfigError, DatasetError
 
 log = logging.getLogger("seg.data")
 
-DICOM_DIR = "dicom-images-train"
-RLE_CSV = "train-rle.csv"
+DICOM_DIRS = ("dicom-images-train", "dicom-images-test")  # stage-1 train and test images
+RLE_CSV = "train-rle.csv"  # stage 1: labels dicom-images-train
+STAGE2_CSV = "stage_2_train.csv"  # stage 2: labels dicom-images-train and dicom-images-test
+CSVS = (STAGE2_CSV, RLE_CSV)  # preference order
 IMAGE_DIRS = ("images", "inputs")
 MASK_DIRS = ("masks", "labels")
 LAYOUTS = ("auto", "dicom", "png")
 EXPECTED = (
-    f"expected either the Kaggle DICOM layout ({DICOM_DIR}/<study>/<series>/<SOPInstanceUID>.dcm with "
-    f"{RLE_CSV}) or the PNG layout (<split>/images|inputs/*.png with <split>/masks|labels/*.png, "
-    f"split folders among {list(SPLITS)})"
+    f"expected either the Kaggle DICOM layout ({DICOM_DIRS[0]}/<study>/<series>/<SOPInstanceUID>.dcm "
+    f"with {RLE_CSV}, or the stage-2 release: {STAGE2_CSV} with {DICOM_DIRS[0]}/ and {DICOM_DIRS[1]}/) "
+    f"or the PNG layout (<split>/images|inputs/*.png with <split>/masks|labels/*.png, split folders among "
+    f"{list(SPLITS)})"
+)
+NO_STAGE1_IMAGES = (
+    " (stage_2_images/ is the unlabelled stage-2 test set; the labelled images are the stage-1 DICOM "
+    "folders, which the stage-2 download lacks: get them from a mirror of the stage-1 release)"
 )
 
 
@@ -80,6 +92,11 @@ def _first_dir(parent: Path, names: Sequence[str]) -> Path | None:
     return next((parent / n for n in names if (parent / n).is_dir()), None)
 
 
+def _label_csv(root: Path) -> Path | None:
+    """stage_2_train.csv before train-rle.csv: it labels the stage-1 test images too."""
+    return next((root / n for n in CSVS if (root / n).is_file()), None)
+
+
 class SIIMData(CachedArrayData):
     """SIIM-ACR pneumothorax segmentation (1 grey channel, binary mask)."""
 
@@ -98,6 +115,7 @@ class SIIMData(CachedArrayData):
         split: Mapping[str, float] | None = None,
         split_seed: int = 42,
         positive_oversample: float = 1.0,
+        rle: str = "relative",
         cache_dir: str | None = None,
         in_channels: int | None = 1,
         n_classes: int | None = 1,
@@ -116,7 +134,10 @@ class SIIMData(CachedArrayData):
                 f"siim: dataset.positive_oversample={positive_oversample!r} must be >= 1.0 "
                 f"(1.0 = no oversampling, 2.0 = images with pneumothorax appear twice as often)"
             )
+        if rle not in RLE_FORMS:
+            raise ConfigError(f"siim: dataset.rle={rle!r} is unknown; expected one of {list(RLE_FORMS)}")
         self.layout = layout
+        self.rle = rle
         self.positive_oversample = float(positive_oversample)
         self._images: dict[str, Path] = {}
         self._rles: dict[str, list[tuple[int, str]]] = {}
@@ -128,12 +149,15 @@ class SIIMData(CachedArrayData):
     def resolved_layout(self) -> str:
         if self.root is None or not self.root.is_dir():
             raise DatasetError(f"siim: dataset.root {self.root} is not a folder; {EXPECTED}. Set dataset.root=...")
-        has_dicom = (self.root / DICOM_DIR).is_dir() or (self.root / RLE_CSV).is_file()
+        found = [n for n in (*DICOM_DIRS, *CSVS) if (self.root / n).exists()]
         has_png = any(_first_dir(self.root / s, IMAGE_DIRS) for s in SPLITS)
-        if self.layout == "dicom" or (self.layout == "auto" and has_dicom):
-            missing = [n for n in (DICOM_DIR, RLE_CSV) if not (self.root / n).exists()]
+        if self.layout == "dicom" or (self.layout == "auto" and found):
+            has_images = any((self.root / n).is_dir() for n in DICOM_DIRS)
+            missing = [f"a label CSV ({STAGE2_CSV} or {RLE_CSV})"] if _label_csv(self.root) is None else []
+            missing += [] if has_images else [f"an image folder ({DICOM_DIRS[0]}/ or {DICOM_DIRS[1]}/)"]
             if missing:
-                raise DatasetError(f"siim: {self.root} lacks {missing}; {EXPECTED}")
+                hint = NO_STAGE1_IMAGES if not has_images and (self.root / "stage_2_images").is_dir() else ""
+                raise DatasetError(f"siim: {self.root} lacks {' and '.join(missing)}{hint}; {EXPECTED}")
             return "dicom"
         if self.layout == "png" or has_png:
             if not has_png:
@@ -151,15 +175,29 @@ class SIIMData(CachedArrayData):
         return ids
 
     def _list_dicom(self, root: Path) -> list[str]:
-        self._rles = read_rle_csv(root / RLE_CSV)
+        csv = _label_csv(root) or root / RLE_CSV  # resolved_layout checked one exists
+        folders = [n for n in DICOM_DIRS if (root / n).is_dir()]
+        unused = [n for n in CSVS if n != csv.name and (root / n).is_file()]
+        if csv.name == RLE_CSV and DICOM_DIRS[1] in folders:
+            folders.remove(DICOM_DIRS[1])
+            unused.append(f"{DICOM_DIRS[1]}/ ({RLE_CSV} has no labels for it; add {STAGE2_CSV} to use it)")
+        note = f"; not used: {', '.join(unused)}" if unused else ""
+        log.info("siim: labels from %s, images from %s%s", csv.name, " and ".join(f"{n}/" for n in folders), note)
+        try:
+            self._rles = read_rle_csv(csv)
+        except DatasetError as exc:
+            raise DatasetError(f"siim: {exc}; {EXPECTED}") from None
         images: dict[str, Path] = {}
-        for path in sorted((root / DICOM_DIR).rglob("*.dcm")):
+        for path in (p for n in folders for p in sorted((root / n).rglob("*.dcm"))):
             if path.stem in images:
                 raise DatasetError(
                     f"siim: two DICOMs share the SOPInstanceUID {path.stem}: {images[path.stem]} and {path}; "
                     f"remove the duplicate"
                 )
             images[path.stem] = path
+        if not images:
+            searched = " or ".join(f"{n}/" for n in folders or DICOM_DIRS[:1])
+            raise DatasetError(f"siim: no .dcm file under {searched} in {root}; {EXPECTED}")
         self._images = images
         no_image = sorted(set(self._rles) - set(images))
         no_row = sorted(set(images) - set(self._rles))
@@ -167,7 +205,7 @@ class SIIMData(CachedArrayData):
             log.warning(
                 "siim: skipping %d image id(s) listed in %s without a DICOM under %s [%s] and %d DICOM(s) "
                 "without a row in %s [%s]",
-                len(no_image), RLE_CSV, DICOM_DIR, _names(no_image), len(no_row), RLE_CSV, _names(no_row),
+                len(no_image), csv.name, "/".join(folders), _names(no_image), len(no_row), csv.name, _names(no_row),
             )
         return sorted(set(images) & set(self._rles))
 
@@ -209,21 +247,25 @@ class SIIMData(CachedArrayData):
         image = read_dicom_gray(self._images[case_id])
         height, width = image.shape
         mask = np.zeros((height, width), dtype=np.uint8)
+        decode = DECODERS[self.rle]
         for line, rle in self._rles[case_id]:
             try:
-                np.maximum(mask, rle_decode(rle, height, width), out=mask)
+                np.maximum(mask, decode(rle, height, width), out=mask)
             except DatasetError as exc:
+                csv, other = _label_csv(Path(str(self.root))), next(f for f in RLE_FORMS if f != self.rle)
                 raise DatasetError(
-                    f"siim: {self.root / RLE_CSV} line {line} (ImageId {case_id}): {exc}. Fix or remove this row."
+                    f"siim: {csv} line {line} (ImageId {case_id}): {exc}. Rows are read as {self.rle} RLE; if the "
+                    f"whole file is {other} RLE set dataset.rle={other}, otherwise fix or remove this row."
                 ) from None
         return image, mask
 
     def cache_fields(self) -> dict[str, Any]:
         fields = super().cache_fields()
         fields.update(layout=self.resolved_layout(), ids=self._ids_digest)
-        if fields["layout"] == "dicom" and self.root is not None:
-            stat = (self.root / RLE_CSV).stat()
-            fields["csv"] = [stat.st_size, stat.st_mtime_ns]
+        csv = _label_csv(Path(str(self.root))) if fields["layout"] == "dicom" else None
+        if csv is not None:  # the label file and how it is decoded both change the cached masks
+            stat = csv.stat()
+            fields.update(csv=[csv.name, stat.st_size, stat.st_mtime_ns], rle=self.rle)
         return fields
 
     # ---- splits -------------------------------------------------------------------------------

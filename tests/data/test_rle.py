@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from seg.data.rle import (
+    DECODERS,
+    ENCODERS,
+    RLE_FORMS,
     read_rle_csv,
     rle_decode,
     rle_decode_absolute,
@@ -58,6 +61,43 @@ def test_absolute_form_is_one_based() -> None:
     assert rle_encode_absolute(mask) == "2 2 8 1"
     with pytest.raises(DatasetError, match="1-based"):
         rle_decode_absolute("0 2", 3, 3)
+
+
+def test_known_mask_agrees_between_the_two_conventions() -> None:
+    # 3 rows x 4 columns: pixels 1, 2 (column 0, rows 1-2) and 7 (column 2, row 1), column-major.
+    expected = np.zeros((3, 4), np.uint8)
+    expected[1:3, 0] = expected[1, 2] = 1
+    assert (rle_encode(expected), rle_encode_absolute(expected)) == ("1 2 4 1", "2 2 8 1")
+    np.testing.assert_array_equal(rle_decode("1 2 4 1", 3, 4), expected)
+    np.testing.assert_array_equal(rle_decode_absolute("2 2 8 1", 3, 4), expected)
+    assert RLE_FORMS == ("relative", "absolute")
+    for form in RLE_FORMS:
+        np.testing.assert_array_equal(DECODERS[form](ENCODERS[form](expected), 3, 4), expected)
+    union = rle_decode_union(["2 2", "-1", "8 1"], height=3, width=4, form="absolute")
+    np.testing.assert_array_equal(union, expected)
+
+
+def test_absolute_starts_must_increase() -> None:
+    # a valid relative string read as absolute: its second offset (1) lies before the first run's end
+    assert rle_decode("5 2 1 1", 3, 4).sum() == 3
+    with pytest.raises(DatasetError, match=r"start 1 \(pair 2\) is not after the previous run.*relative form"):
+        rle_decode_absolute("5 2 1 1", 3, 4)
+    np.testing.assert_array_equal(rle_decode_absolute("1 2 3 1", 3, 4).T.ravel()[:4], [1, 1, 1, 0])  # adjacent
+
+
+def test_real_rows_in_both_conventions(shared_data: Path) -> None:
+    """Every real positive row is unambiguous: read in the wrong convention it fails loudly."""
+    rows = read_rle_csv(shared_data / "siim-sample" / "train-rle-subset1500.csv")
+    positive = [rle for group in rows.values() for _, rle in group if rle.strip() != "-1"]
+    assert len(positive) == 500
+    for rle in positive[:100]:
+        mask = rle_decode(rle)
+        absolute = rle_encode_absolute(mask)
+        np.testing.assert_array_equal(rle_decode_absolute(absolute, 1024, 1024), mask)
+        with pytest.raises(DatasetError, match="relative form"):
+            rle_decode_absolute(rle, 1024, 1024)
+        with pytest.raises(DatasetError, match="past the end"):
+            rle_decode(absolute)
 
 
 @pytest.mark.parametrize(
@@ -124,6 +164,38 @@ def relative_rle(draw: st.DrawFn) -> tuple[str, int, int]:
 def test_encode_decode_string_property(case: tuple[str, int, int]) -> None:
     rle, height, width = case
     assert rle_encode(rle_decode(rle, height, width)) == rle
+
+
+@st.composite
+def absolute_rle(draw: st.DrawFn) -> tuple[str, int, int]:
+    """1-based increasing starts with a gap of at least one pixel between runs (as an encoder writes)."""
+    height, width = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    total, position, values = height * width, 0, []  # position: 0-based end of the previous run
+    while True:
+        start = position + draw(st.integers(0 if not values else 1, 6))
+        length = draw(st.integers(1, 8))
+        if start + length > total or draw(st.booleans()) and values:
+            break
+        values += [start + 1, length]
+        position = start + length
+    return (" ".join(map(str, values)) if values else "-1"), height, width
+
+
+@settings(max_examples=150, deadline=None)
+@given(absolute_rle())
+def test_absolute_encode_decode_string_property(case: tuple[str, int, int]) -> None:
+    rle, height, width = case
+    assert rle_encode_absolute(rle_decode_absolute(rle, height, width)) == rle
+
+
+@settings(max_examples=150, deadline=None)
+@given(relative_rle())
+def test_conventions_convert_without_loss(case: tuple[str, int, int]) -> None:
+    rle, height, width = case
+    mask = rle_decode(rle, height, width)
+    absolute = rle_encode_absolute(mask)
+    np.testing.assert_array_equal(rle_decode_absolute(absolute, height, width), mask)
+    assert rle_encode(rle_decode_absolute(absolute, height, width)) == rle
 
 
 masks = st.tuples(st.integers(1, 10), st.integers(1, 10)).flatmap(

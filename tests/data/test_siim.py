@@ -21,10 +21,13 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 UID = "1.2.276.0.7230010.3.1.4.8323329.{}.1517875160.{}"
 
 
-def write_dicom(root: Path, sop: str, pixels: np.ndarray, monochrome1: bool = False) -> Path:
-    """A CR DICOM in the release's folder layout: dicom-images-train/<study>/<series>/<sop>.dcm."""
+def write_dicom(
+    root: Path, sop: str, pixels: np.ndarray, monochrome1: bool = False, folder: str = "dicom-images-train"
+) -> Path:
+    """A CR DICOM in the release's folder layout: <folder>/<study>/<series>/<sop>.dcm, where folder is
+    dicom-images-train or dicom-images-test (stage-1 train / test)."""
     study, series = sop.replace(".4.", ".2.", 1), sop.replace(".4.", ".3.", 1)
-    path = root / "dicom-images-train" / study / series / f"{sop}.dcm"
+    path = root / folder / study / series / f"{sop}.dcm"
     path.parent.mkdir(parents=True, exist_ok=True)
     image = sitk.GetImageFromArray(pixels)
     for tag, value in (("0008|0018", sop), ("0020|000d", study), ("0020|000e", series), ("0008|0060", "CR")):
@@ -227,5 +230,5 @@ def test_yaml_builds_the_reader(kaggle_root: dict) -> None:
     node.root = str(kaggle_root["root"])
     data = instantiate(node)
     assert isinstance(data, SIIMData)
-    assert (data.layout, data.image_size, data.positive_oversample) == ("auto", (128, 128), 1.0)
+    assert (data.layout, data.image_size, data.positive_oversample, data.rle) == ("auto", (128, 128), 1.0, "relative")
     assert sum(len(v) for v in data.split_ids().values()) == 7
