@@ -81,6 +81,25 @@ class EvalConfig:
     n_overlays: int = 8
 
 
+class RleForm(str, Enum):
+    relative = "relative"  # SIIM stage 1 (train-rle.csv, stage-1 submissions)
+    absolute = "absolute"  # Kaggle's usual form (SIIM stage 2)
+
+
+@dataclass
+class PredictConfig:
+    ckpt: str = MISSING
+    input: str = MISSING  # an image file or a folder of images (DICOM too)
+    out_dir: Optional[str] = None  # default: <run dir of the checkpoint>/predictions/<input name>
+    recursive: bool = True  # also images in subfolders (SIIM's dicom-images-test/<study>/<series>/)
+    device: str = "auto"
+    batch_size: Optional[int] = None  # default 16
+    precision: Optional[str] = None  # default: the training precision
+    threshold: float = 0.5  # binary models: foreground where the probability exceeds it
+    tta: bool = False  # average over the four flips
+    submission: Optional[RleForm] = None  # also write submission.csv (ImageId,EncodedPixels) in this form
+
+
 def _ctx_channels(k: Any) -> int:
     return 2 * int(k) + 1
 
@@ -90,6 +109,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="predict_schema", node=PredictConfig)
     if not OmegaConf.has_resolver("seg.ctx_channels"):
         OmegaConf.register_new_resolver("seg.ctx_channels", _ctx_channels)
 

@@ -153,6 +153,20 @@ def test_eval_config_composes() -> None:
     assert cfg.ckpt == "x.pt" and cfg.dataset.root == "/data" and cfg.split == "val"
 
 
+def test_predict_config_composes_with_every_option_typed() -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
+        cfg = compose(config_name="predict", overrides=["ckpt=x.pt", "input=/data/new", "tta=true",
+                                                        "submission=absolute", "threshold=0.3", "batch_size=4"])
+        assert cfg.ckpt == "x.pt" and cfg.input == "/data/new" and cfg.tta is True and cfg.recursive is True
+        assert cfg.submission.value == "absolute" and cfg.threshold == 0.3 and cfg.batch_size == 4
+        assert cfg.out_dir is None and cfg.precision is None and cfg.device == "auto"
+        for bad in ("submission=rle", "tta=maybe", "colour=red"):
+            with pytest.raises(ConfigCompositionException):
+                compose(config_name="predict", overrides=["ckpt=x.pt", "input=y", bad])
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -22,7 +22,7 @@ def test_console_scripts_point_at_real_functions() -> None:
     import importlib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert {"seg-train", "seg-eval", "seg-download", "seg-prepare", "seg-bench"} <= set(scripts)
+    assert {"seg-train", "seg-eval", "seg-predict", "seg-download", "seg-prepare", "seg-bench"} <= set(scripts)
     for target in scripts.values():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func))

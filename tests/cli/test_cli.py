@@ -18,7 +18,8 @@ TINY = ["dataset.n_images=20", "dataset.image_size=32", "trainer.batch_size=4", 
 
 def run(cmd: str, *args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     exe = BIN / cmd
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", f"seg.cli.{'train' if cmd == 'seg-train' else 'evaluate'}"]
+    module = {"seg-train": "train", "seg-eval": "evaluate", "seg-predict": "predict"}[cmd]
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", f"seg.cli.{module}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -67,6 +68,26 @@ def test_train_then_eval_reproduces_validation_metrics(tmp_path: Path) -> None:
     test_metrics = json.loads((tmp_path / "elsewhere" / "metrics.json").read_text())
     assert test_metrics["split"] == "test" and test_metrics["n_images"] == 4
     assert not (tmp_path / "elsewhere" / "overlays").exists()
+
+
+def test_train_then_predict_new_images(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    train = run("seg-train", *TINY, "trainer.epochs=1", "hydra.run.dir=run", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    (tmp_path / "new").mkdir()
+    Image.fromarray(np.full((45, 60, 3), 90, np.uint8)).save(tmp_path / "new" / "photo.jpg")
+    helped = run("seg-predict", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "seg-predict ckpt=" in helped.stdout
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    pred = run("seg-predict", f"ckpt={best}", "input=new", "tta=true", cwd=tmp_path)
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    mask = tmp_path / "run" / "predictions" / "new" / "masks" / "photo.png"
+    assert np.asarray(Image.open(mask)).shape == (45, 60)
+    assert_user_error(run("seg-predict", f"ckpt={best}", "input=missing", cwd=tmp_path), "input=missing does not exist")
+    assert_user_error(run("seg-predict", f"ckpt={tmp_path / 'new' / 'photo.jpg'}", "input=new", cwd=tmp_path),
+                      "not a readable seg checkpoint")
 
 
 def test_missing_root_is_one_clear_message(tmp_path: Path) -> None:

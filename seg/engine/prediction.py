@@ -1,0 +1,192 @@
+"""seg-predict: masks for new, unlabelled images from a checkpoint.
+
+Each image is read and resized the way training read its dataset (grey or RGB by the model's input
+channels, DICOM through SimpleITK, the stored `dataset.image_size`), predicted, and the class
+probabilities are resized back to the image's own size before thresholding, so every mask lines up
+with its input pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from PIL import Image
+
+from seg.checkpoint import load_checkpoint, load_model_state, sha256
+from seg.data.base import as_size, resize_image
+from seg.data.io import IMAGE_SUFFIXES, read_gray, read_rgb
+from seg.data.rle import ENCODERS
+from seg.engine import builders
+from seg.engine.amp import Amp
+from seg.engine.evaluation import for_inference, stored_config
+from seg.errors import ConfigError, DatasetError
+
+log = logging.getLogger("seg")
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+INPUT_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES
+SIZE_MULTIPLE = 32  # the deepest stride of the models: inputs are padded up to it
+
+
+def find_inputs(path: Path, recursive: bool) -> list[Path]:
+    """The image files to predict: `path` itself, or those in the folder (and below, if recursive)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DatasetError(f"input={path} does not exist; give an image file or a folder of images")
+    pattern = "**/*" if recursive else "*"
+    files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+    if not files:
+        where = "in or below" if recursive else "directly in"
+        raise DatasetError(f"no images {where} {path} (looked for {', '.join(INPUT_SUFFIXES)})")
+    return files
+
+
+def read_input(path: Path, channels: int) -> np.ndarray:
+    """HxWxC uint8, as the training readers decode: grey for 1-channel models, RGB for 3."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        from seg.data.siim import read_dicom_gray
+
+        gray = read_dicom_gray(path)
+        return gray[..., None] if channels == 1 else np.repeat(gray[..., None], 3, axis=-1)
+    return read_gray(path)[..., None] if channels == 1 else read_rgb(path)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
+    """Pad H and W at the bottom/right up to a multiple (reflected where the image is big enough)."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, image: torch.Tensor, amp: Amp, tta: bool = False) -> torch.Tensor:
+    """Class probabilities [B,K,H,W] (K=1: foreground, by sigmoid) for images [B,C,H,W] in [0,1].
+    `tta` averages over the four flips (none, H, V, both), which makes the result flip-equivariant."""
+    h, w = image.shape[-2:]
+    flips = [(), (-1,), (-2,), (-2, -1)] if tta else [()]
+    total = None
+    for dims in flips:
+        x = pad_to_multiple(image.flip(dims) if dims else image)  # flipped before padding: exact equivariance
+        with amp.autocast():
+            logits = model(x)[..., :h, :w].float()
+        probs = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+        probs = probs.flip(dims) if dims else probs
+        total = probs if total is None else total + probs
+    return total / len(flips)
+
+
+def to_mask(probs: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
+    """Probabilities [K,h,w] resized (bilinear) to `size`, then thresholded (binary) or argmax."""
+    probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+    labels = (probs[0] > threshold) if probs.shape[0] == 1 else probs.argmax(0)
+    return labels.to(torch.uint8).cpu().numpy()
+
+
+@dataclass
+class Predictor:
+    """The checkpoint's model with how its inputs were prepared."""
+
+    model: torch.nn.Module
+    amp: Amp
+    device: torch.device
+    channels: int
+    n_classes: int
+    size: tuple[int, int] | None  # the training image size; None = images were used at native size
+
+    def __call__(self, images: list[np.ndarray], threshold: float, tta: bool) -> list[np.ndarray]:
+        """One mask per image (HxW uint8 at the image's own size)."""
+        resized = [resize_image(im, self.size) if self.size else im for im in images]
+        batch = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).to(self.device).float().div_(255)
+        probs = predict_probs(self.model, batch, self.amp, tta)
+        return [to_mask(p, im.shape[:2], threshold) for p, im in zip(probs, images)]
+
+
+def load_predictor(cfg: DictConfig, ckpt: dict[str, Any], path: Path) -> Predictor:
+    train_cfg = stored_config(ckpt, None, path)
+    channels, n_classes = int(train_cfg.model.in_channels), int(train_cfg.model.n_classes)
+    if channels not in (1, 3):
+        raise ConfigError(
+            f"{path} was trained on {channels}-channel inputs ({train_cfg.dataset.get('_target_', '?')}); "
+            "seg-predict reads 1-channel (grey) or 3-channel (RGB) images. Score such models with seg-eval."
+        )
+    trainer = train_cfg.get("trainer", {})
+    device = builders.resolve_device(cfg.device)
+    amp = builders.build_amp(str(cfg.precision or trainer.get("precision", "auto")), device)
+    model = builders.build(for_inference(train_cfg.model), "model")
+    load_model_state(model, ckpt["model"], path)
+    image_size = train_cfg.dataset.get("image_size")
+    size = as_size(image_size) if image_size is not None else None
+    return Predictor(model.to(device).eval(), amp, device, channels, n_classes, size)
+
+
+def default_out_dir(ckpt: Path, source: Path) -> Path:
+    name = source.stem if source.is_file() else source.resolve().name
+    if ckpt.parent.name == "checkpoints":
+        return ckpt.parent.parent / "predictions" / name
+    return ckpt.parent / f"predictions-{name}"
+
+
+def run_predict(cfg: DictConfig) -> dict[str, Any]:
+    path, source = Path(cfg.ckpt).expanduser(), Path(cfg.input).expanduser()
+    if not 0.0 < float(cfg.threshold) < 1.0:
+        raise ConfigError(f"threshold must lie in (0, 1), got {cfg.threshold}")
+    form = None if cfg.submission is None else str(getattr(cfg.submission, "value", cfg.submission))
+    encode = ENCODERS[form] if form is not None else None
+    ckpt = load_checkpoint(path)
+    predictor = load_predictor(cfg, ckpt, path)
+    if form is not None and predictor.n_classes != 1:
+        raise ConfigError(f"submission={form} writes run-length encoded binary masks, but this model has "
+                          f"{predictor.n_classes} classes; leave submission=null (PNG masks hold the class ids)")
+    files = find_inputs(source, bool(cfg.recursive))
+    out = Path(cfg.out_dir).expanduser() if cfg.out_dir else default_out_dir(path, source)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    root = source if source.is_dir() else source.parent
+    rows: list[dict[str, Any]] = []
+    # Images of one size form a batch; native-size models take one image at a time.
+    step = int(cfg.batch_size or 16) if predictor.size else 1
+    for start in range(0, len(files), step):
+        part = files[start : start + step]
+        images = [read_input(f, predictor.channels) for f in part]
+        for file, mask in zip(part, predictor(images, float(cfg.threshold), bool(cfg.tta))):
+            target = out / "masks" / file.relative_to(root).with_suffix(".png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask * 255 if predictor.n_classes == 1 else mask).save(target)
+            rows.append({"input": str(file), "mask": str(target.relative_to(out)), "height": mask.shape[0],
+                         "width": mask.shape[1], "foreground_pixels": int((mask > 0).sum()),
+                         "rle": encode(mask) if encode is not None else None})
+        log.info("predicted %d/%d", len(rows), len(files))
+    _write_rows(out / "predictions.csv", rows)
+    if form is not None:
+        _write_submission(out / "submission.csv", rows)
+    log.info("wrote %d mask(s)%s to %s (checkpoint sha256=%s)", len(rows),
+             " and submission.csv" if form else "", out, sha256(path))
+    return {"out_dir": str(out), "n_images": len(rows)}
+
+
+def _write_rows(target: Path, rows: list[dict[str, Any]]) -> None:
+    fields = ["input", "mask", "height", "width", "foreground_pixels"]
+    with open(target, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_submission(target: Path, rows: list[dict[str, Any]]) -> None:
+    """Kaggle's `ImageId,EncodedPixels` (SIIM: the id is the DICOM's file stem, `-1` when empty)."""
+    with open(target, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ImageId", "EncodedPixels"])
+        for row in rows:
+            writer.writerow([Path(row["input"]).stem, row["rle"]])

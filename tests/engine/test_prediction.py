@@ -1,0 +1,160 @@
+"""seg-predict's engine: masks line up with their inputs, equal the model's own prediction, TTA is
+flip-equivariant, DICOM + Kaggle submission round trip, clear errors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from seg.checkpoint import make_checkpoint, save_checkpoint
+from seg.config import PredictConfig
+from seg.data.rle import rle_decode, rle_decode_absolute
+from seg.engine.amp import Amp
+from seg.engine.fit import fit
+from seg.engine.prediction import find_inputs, pad_to_multiple, predict_probs, run_predict
+from seg.errors import ConfigError, DatasetError
+from seg.metrics import prediction
+from seg.models import UNet
+from tests.engine.conftest import compose_cfg
+
+FP32 = Amp("32", "cpu", None, None)
+
+
+def predict_cfg(**values):
+    return OmegaConf.merge(OmegaConf.structured(PredictConfig), {"device": "cpu", **values})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic U-Net (3 channels, binary, 32x32) trained for one epoch."""
+    run = tmp_path_factory.mktemp("run")
+    fit(compose_cfg(["trainer.epochs=1", "trainer.precision=32"], run), run)
+    return run / "checkpoints" / "best.pt"
+
+
+def save_model(path: Path, *, in_channels: int, n_classes: int, image_size: int | None = 32) -> UNet:
+    """A checkpoint as seg-train stores it, for model shapes the synthetic set does not train."""
+    torch.manual_seed(0)
+    model = UNet(in_channels=in_channels, n_classes=n_classes, depth=2, wf=2)
+    model_cfg = {"_target_": "seg.models.UNet", "in_channels": in_channels, "n_classes": n_classes, "depth": 2, "wf": 2}
+    config = {"dataset": {"_target_": "seg.data.folder.FolderData", "image_size": image_size},
+              "model": model_cfg, "loss": {"_target_": "seg.losses.BCEDiceLoss"}, "trainer": {"precision": "32"}}
+    save_checkpoint(make_checkpoint(model=model.state_dict(), config=config, epoch=1), path)
+    return model.eval()
+
+
+def test_masks_equal_the_models_prediction_at_training_size(trained: Path, tmp_path: Path) -> None:
+    ckpt = torch.load(trained, weights_only=True)
+    model = UNet(**{k: v for k, v in ckpt["config"]["model"].items() if k != "_target_"})
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / "in" / f"case{i}.png")
+    result = run_predict(predict_cfg(ckpt=str(trained), input=str(tmp_path / "in"), out_dir=str(tmp_path / "out")))
+    assert result["n_images"] == 3
+    with torch.no_grad():
+        expected = prediction(model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)).numpy()
+    for i in range(3):
+        mask = np.asarray(Image.open(tmp_path / "out" / "masks" / f"case{i}.png"))
+        assert set(np.unique(mask)) <= {0, 255}
+        np.testing.assert_array_equal(mask // 255, expected[i])
+    rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
+    assert [r["mask"] for r in rows] == [f"masks/case{i}.png" for i in range(3)]
+    assert [int(r["foreground_pixels"]) for r in rows] == [int(e.sum()) for e in expected]
+
+
+def test_any_size_in_and_the_default_out_dir(trained: Path, tmp_path: Path) -> None:
+    """Images of other sizes (grey ones too) are resized to the training size and their masks back."""
+    folder = tmp_path / "in"
+    (folder / "nested").mkdir(parents=True)
+    Image.fromarray(np.full((50, 70, 3), 200, np.uint8)).save(folder / "wide.jpg")
+    Image.fromarray(np.zeros((21, 9), np.uint8)).save(folder / "nested" / "small.bmp")
+    (folder / "notes.txt").write_text("not an image")
+    assert [p.name for p in find_inputs(folder, recursive=False)] == ["wide.jpg"]
+    run_predict(predict_cfg(ckpt=str(trained), input=str(folder), tta=True))
+    out = trained.parent.parent / "predictions" / "in"
+    assert np.asarray(Image.open(out / "masks" / "wide.png")).shape == (50, 70)
+    assert np.asarray(Image.open(out / "masks" / "nested" / "small.png")).shape == (21, 9)
+
+
+def test_tta_is_flip_equivariant() -> None:
+    torch.manual_seed(0)
+    model = UNet(in_channels=3, n_classes=3, depth=2, wf=2).eval()
+    image = torch.rand(2, 3, 40, 24)  # padded to 64x32 inside, cropped back
+    probs = predict_probs(model, image, FP32, tta=True)
+    assert probs.shape == (2, 3, 40, 24)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 40, 24))
+    torch.testing.assert_close(predict_probs(model, image.flip(-1), FP32, tta=True), probs.flip(-1))
+    torch.testing.assert_close(predict_probs(model, image.flip(-2), FP32, tta=True), probs.flip(-2))
+    assert not torch.allclose(predict_probs(model, image, FP32), probs)  # TTA does change the result
+
+
+def test_pad_to_multiple() -> None:
+    x = torch.arange(2 * 5 * 7, dtype=torch.float32).view(1, 2, 5, 7)
+    padded = pad_to_multiple(x, 4)
+    assert padded.shape == (1, 2, 8, 8) and torch.equal(padded[..., :5, :7], x)
+    assert pad_to_multiple(torch.zeros(1, 1, 2, 1), 32).shape == (1, 1, 32, 32)  # too small to reflect
+
+
+def write_dicom(path: Path, pixels: np.ndarray) -> None:
+    image = sitk.GetImageFromArray(pixels)
+    image.SetMetaData("0008|0018", path.stem)  # SOP Instance UID
+    image.SetMetaData("0028|0004", "MONOCHROME2")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+@pytest.mark.parametrize("form, decode", [("relative", rle_decode), ("absolute", rle_decode_absolute)])
+def test_dicom_folder_to_a_kaggle_submission(tmp_path: Path, form: str, decode) -> None:
+    """SIIM's test layout (nested DICOMs) -> submission.csv whose rows decode to the PNG masks."""
+    save_model(tmp_path / "model.pt", in_channels=1, n_classes=1, image_size=32)
+    rng = np.random.default_rng(1)
+    uids = ["1.2.276.0.7230010.3.1.4.1", "1.2.276.0.7230010.3.1.4.2"]
+    for uid in uids:
+        write_dicom(tmp_path / "dicom-images-test" / uid / "s" / f"{uid}.dcm", rng.integers(0, 256, (48, 48), np.uint8))
+    run_predict(predict_cfg(ckpt=str(tmp_path / "model.pt"), input=str(tmp_path / "dicom-images-test"),
+                            out_dir=str(tmp_path / "out"), submission=form, threshold=0.45))
+    rows = list(csv.reader((tmp_path / "out" / "submission.csv").open()))
+    assert rows[0] == ["ImageId", "EncodedPixels"] and sorted(r[0] for r in rows[1:]) == uids
+    for uid, rle in rows[1:]:
+        mask = np.asarray(Image.open(tmp_path / "out" / "masks" / uid / "s" / f"{uid}.png")) // 255
+        assert mask.shape == (48, 48)
+        np.testing.assert_array_equal(decode(rle, 48, 48), mask)
+        assert (rle == "-1") == (mask.sum() == 0)
+
+
+def test_multi_class_masks_hold_class_ids(tmp_path: Path) -> None:
+    save_model(tmp_path / "model.pt", in_channels=3, n_classes=3, image_size=None)
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 20, 3), np.uint8)).save(tmp_path / "x.png")
+    run_predict(predict_cfg(ckpt=str(tmp_path / "model.pt"), input=str(tmp_path / "x.png")))
+    mask = np.asarray(Image.open(tmp_path / "predictions-x" / "masks" / "x.png"))
+    assert mask.shape == (30, 20) and mask.max() <= 2
+    with pytest.raises(ConfigError, match="3 classes"):
+        run_predict(predict_cfg(ckpt=str(tmp_path / "model.pt"), input=str(tmp_path / "x.png"), submission="relative"))
+
+
+def test_user_errors(tmp_path: Path) -> None:
+    save_model(tmp_path / "ctx.pt", in_channels=7, n_classes=1)
+    save_model(tmp_path / "ok.pt", in_channels=3, n_classes=1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="7-channel.*seg-eval"):
+        run_predict(predict_cfg(ckpt=str(tmp_path / "ctx.pt"), input=str(tmp_path)))
+    with pytest.raises(DatasetError, match="no images in or below"):
+        run_predict(predict_cfg(ckpt=str(tmp_path / "ok.pt"), input=str(tmp_path / "empty")))
+    with pytest.raises(DatasetError, match="does not exist"):
+        run_predict(predict_cfg(ckpt=str(tmp_path / "ok.pt"), input=str(tmp_path / "nowhere")))
+    with pytest.raises(ConfigError, match="threshold"):
+        run_predict(predict_cfg(ckpt=str(tmp_path / "ok.pt"), input=str(tmp_path), threshold=1.5))
+    (tmp_path / "empty" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DatasetError, match="broken.png"):
+        run_predict(predict_cfg(ckpt=str(tmp_path / "ok.pt"), input=str(tmp_path / "empty")))
