@@ -82,8 +82,8 @@ class EvalConfig:
 
 
 class RleForm(str, Enum):
-    relative = "relative"  # SIIM stage 1 (train-rle.csv, stage-1 submissions)
-    absolute = "absolute"  # Kaggle's usual form (SIIM stage 2)
+    relative = "relative"  # SIIM's form: train-rle.csv, stage_2_train.csv and both stages' submissions
+    absolute = "absolute"  # the usual Kaggle form (1-based absolute starts)
 
 
 @dataclass
