@@ -47,7 +47,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sync-every", type=int, default=None,
                         help="steps per timed window, each ending with a device sync (default: 5 on a GPU, "
                              "where a sync per step would stall the queue a real run keeps full; 1 on a CPU)")
-    parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="output file (default benchmark.json)")
+    parser.add_argument("--json", type=Path, default=Path("benchmark.json"),
+                        help="output file (default benchmark.json)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where the fresh, deleted-afterwards data cache goes (default: the system temp folder)")
     parser.add_argument("--skip-reference", action="store_true", help="do not run the reference loop")
@@ -133,7 +134,8 @@ def run_benchmark(cfg: DictConfig, overrides: Sequence[str], *, steps: int, warm
         paths = interleaved(factories, warmup=warmup, steps=steps, rounds=rounds, device=device, sync_every=sync_every)
         seg: SegRun = paths["seg"].run
         result: dict[str, Any] = {
-            "config": describe(cfg, overrides, data, seg.amp.precision, seg.channels_last), "machine": machine_info(device),
+            "config": describe(cfg, overrides, data, seg.amp.precision, seg.channels_last),
+            "machine": machine_info(device),
             "settings": {"steps": steps, "warmup": warmup, "rounds": len(split_steps(steps, rounds)),
                          "sync_every": sync_every},
             "memory_kind": memory_kind(device), "data_prep": prep,
@@ -210,7 +212,8 @@ def format_table(r: dict[str, Any]) -> str:
             f"precision {c['precision']}, channels_last {c['channels_last']}, compile {c['compile']}, "
             f"workers {c['num_workers']}, augmentation: {'; '.join(c['augmentation'])}")
     machine = (f"{m['device']} ({m['device_name']}), torch {m['torch']}, {m['cpu_count']} CPUs, "
-               f"{m['torch_threads']} threads; {r['settings']['warmup']} warm-up + {r['settings']['steps']} timed steps "
+               f"{m['torch_threads']} threads; {r['settings']['warmup']} warm-up + "
+               f"{r['settings']['steps']} timed steps "
                f"in {r['settings']['rounds']} alternating rounds, a device sync every "
                f"{r['settings'].get('sync_every', 1)} step(s)")
     w1, w2 = max(len(a) for a, _, _ in rows), max(len(b) for _, b, _ in rows)

@@ -60,7 +60,7 @@ class StepTimes:
         total = sum(self.seconds)
         return sum(self.images) / total if total > 0 else 0.0
 
-    def extend(self, other: "StepTimes") -> None:
+    def extend(self, other: StepTimes) -> None:
         self.seconds.extend(other.seconds)
         self.images.extend(other.images)
         self.steps.extend(other.steps)

@@ -18,7 +18,7 @@ class Amp:
     scaler: torch.amp.GradScaler | None
 
     @classmethod
-    def create(cls, precision: str, device: torch.device) -> "Amp":
+    def create(cls, precision: str, device: torch.device) -> Amp:
         if precision == "32":
             return cls(precision, device.type, None, None)
         if precision == "bf16":

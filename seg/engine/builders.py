@@ -27,7 +27,9 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
     missing = sorted(OmegaConf.missing_keys(node)) if isinstance(node, DictConfig) else []
     if missing:  # full keys when the node sits in a composed config (dataset.root), else relative
         keys = [k if k.startswith(f"{what}.") else f"{what}.{k}" for k in missing]
-        raise ConfigError(f"missing required value(s) {', '.join(keys)}: set them on the command line, e.g. {keys[0]}=...")
+        raise ConfigError(
+            f"missing required value(s) {', '.join(keys)}: set them on the command line, e.g. {keys[0]}=..."
+        )
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as exc:

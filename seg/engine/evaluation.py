@@ -35,7 +35,9 @@ def default_out_dir(ckpt: Path, split: str) -> Path:
 def stored_config(ckpt: dict[str, Any], dataset_overrides: Any, path: Path) -> DictConfig:
     config = ckpt.get("config")
     if not isinstance(config, dict) or not all(k in config for k in ("dataset", "model", "loss")):
-        raise CheckpointError(f"{path} carries no usable training config (dataset/model/loss); was it written by seg-train?")
+        raise CheckpointError(
+            f"{path} carries no usable training config (dataset/model/loss); was it written by seg-train?"
+        )
     cfg = OmegaConf.create(config)
     if dataset_overrides:
         cfg.dataset = OmegaConf.merge(cfg.dataset, dataset_overrides)
@@ -79,7 +81,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     def collect(batch: dict[str, Any], logits: torch.Tensor, mask: torch.Tensor) -> None:
         stats = {k: v.cpu().tolist() for k, v in per_image_stats(logits, mask).items()}
         for j, index in enumerate(batch["index"].tolist()):
-            rows.append({"id": ids[index], "index": index, **{k: stats[k][j] for k in ("dice", "iou", "precision", "recall")}})
+            scores = {k: stats[k][j] for k in ("dice", "iou", "precision", "recall")}
+            rows.append({"id": ids[index], "index": index, **scores})
 
     values = evaluate(model, loader, loss_fn, metrics, settings, desc=f"eval {cfg.split}", on_batch=collect)
     out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else default_out_dir(path, cfg.split)

@@ -98,7 +98,9 @@ def validate(run: Run, tb: TensorBoardLogger, epoch: int) -> None:
         if panels is not None:
             tb.panels(f"{split}/overlay", panels, epoch, preview.names)
     if t.monitor not in state.metrics:
-        raise ConfigError(f"trainer.monitor={t.monitor!r} is not a validation metric; available: {sorted(state.metrics)}")
+        raise ConfigError(
+            f"trainer.monitor={t.monitor!r} is not a validation metric; available: {sorted(state.metrics)}"
+        )
     score = state.metrics[t.monitor]
     improved = state.improves(score, run.mode)
     if improved:

@@ -68,7 +68,10 @@ class MobileNetUNet(nn.Module):
         self.freeze_encoder = bool(freeze_encoder)
         if self.freeze_encoder:
             if not self.pretrained:
-                warnings.warn("MobileNetUNet: freeze_encoder=True without pretrained weights freezes a random encoder")
+                warnings.warn(
+                    "MobileNetUNet: freeze_encoder=True without pretrained weights freezes a random encoder",
+                    stacklevel=2,
+                )
             self.encoder.requires_grad_(False)
             self.encoder.eval()
 

@@ -7,8 +7,8 @@ Keys: features.0.0.weight (stem conv), features.1.conv.0.0.weight, ..., features
 from __future__ import annotations
 
 import urllib.error
-from itertools import islice
 from collections.abc import Mapping
+from itertools import islice
 from pathlib import Path
 
 import torch

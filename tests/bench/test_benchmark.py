@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from seg.engine.builders import resolve_precision
 from torch import nn
 
 from seg.bench.cli import flops_figures, format_table, main
@@ -30,6 +28,7 @@ from seg.bench.measure import (
 from seg.bench.reference import Sample, TutorialDataset, native_samples
 from seg.data.base import CachedArrayData
 from seg.data.synthetic import SyntheticData
+from seg.engine.builders import resolve_precision
 
 TINY = [
     "dataset=synthetic",

@@ -34,7 +34,8 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> Non
 def test_help_and_cfg_job(tmp_path: Path) -> None:
     helped = run("seg-train", "--help", cwd=tmp_path)
     assert helped.returncode == 0 and "dataset: " in helped.stdout and "synthetic" in helped.stdout
-    printed = run("seg-train", "--cfg", "job", "dataset=ph2", "dataset.root=/data/PH2Dataset", "model=segnet", cwd=tmp_path)
+    printed = run("seg-train", "--cfg", "job", "dataset=ph2", "dataset.root=/data/PH2Dataset", "model=segnet",
+                  cwd=tmp_path)
     assert printed.returncode == 0, printed.stderr
     assert "_target_: seg.data.ph2.PH2Data" in printed.stdout and "root: /data/PH2Dataset" in printed.stdout
 

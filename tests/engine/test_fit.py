@@ -14,6 +14,7 @@ from seg.engine.fit import fit
 from seg.errors import CheckpointError, ConfigError
 from tests.engine.conftest import compose_cfg
 
+
 def test_short_training_through_fit(tmp_path: Path) -> None:
     cfg = compose_cfg(["trainer.epochs=1"], tmp_path)
     result = fit(cfg, tmp_path)

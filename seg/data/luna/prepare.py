@@ -44,7 +44,9 @@ class PrepareSettings:
     def create(cls, hu_clip: Sequence[float], mask_threshold_hu: float) -> PrepareSettings:
         values = [float(v) for v in hu_clip]
         if len(values) != 2 or not -32768 <= values[0] < values[1] <= 32767:
-            raise ConfigError(f"dataset.hu_clip must be [low, high] with -32768 <= low < high <= 32767, got {list(hu_clip)}")
+            raise ConfigError(
+                f"dataset.hu_clip must be [low, high] with -32768 <= low < high <= 32767, got {list(hu_clip)}"
+            )
         threshold = float(mask_threshold_hu)
         if not values[0] < threshold < values[1]:
             raise ConfigError(
@@ -217,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = PrepareSettings.create(args.hu_clip, args.mask_threshold_hu)
         release = scan_release(args.root)
         uids = sorted(release.annotations) if args.annotated_only else sorted(release.series)
-        entry, indices, built = prepare(release, uids, cache_dir=args.cache_dir, settings=settings, workers=args.workers)
+        entry, indices, built = prepare(release, uids, cache_dir=args.cache_dir, settings=settings,
+                                        workers=args.workers)
     except SegError as err:
         print(f"seg-prepare: error: {err}", file=sys.stderr)
         return 1

@@ -45,7 +45,9 @@ def uid(n: int) -> str:
     return f"{UID_PREFIX}{n:030d}"
 
 
-def sphere(shape: tuple[int, int, int], centre: tuple[int, int, int], radius_mm: float = NODULE_RADIUS_MM) -> np.ndarray:
+def sphere(
+    shape: tuple[int, int, int], centre: tuple[int, int, int], radius_mm: float = NODULE_RADIUS_MM
+) -> np.ndarray:
     sx, sy, sz = SPACING
     z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
     i, r, c = centre

@@ -11,10 +11,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 from hydra.utils import instantiate
+from luna_fixtures import sphere, uid
 from numpy.lib.stride_tricks import sliding_window_view
 from omegaconf import OmegaConf
 
-from luna_fixtures import sphere, uid
 from seg.data.luna import Luna16Data
 from seg.data.luna.dataset import SeriesStore
 from seg.engine.builders import build_loader
@@ -217,6 +217,7 @@ def test_errors_when_a_split_has_nothing_to_learn_or_score(luna_root, tmp_path: 
     lines = (root / "annotations.csv").read_text().splitlines()
     kept = [line for line in lines if uid(101) not in line and uid(103) not in line]
     (root / "annotations.csv").write_text("\n".join(kept) + "\n")
-    with pytest.raises(DatasetError, match="validation series have no slice with nodule mask: set dataset.full_ct=true"):
+    message = "validation series have no slice with nodule mask: set dataset.full_ct=true"
+    with pytest.raises(DatasetError, match=message):
         make(root, tmp_path).dataset("val")
     assert len(make(root, tmp_path, full_ct=True).dataset("val")) == 72

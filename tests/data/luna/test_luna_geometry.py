@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from luna_fixtures import FLIPPED, IDENTITY, ROTATED, SPACING, ct_volume, write_ct
+
 from seg.data.luna.geometry import Geometry, voxel_to_world, world_to_voxel
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from luna_fixtures import sphere, uid
+
 from seg.data.luna.prepare import PrepareSettings, array_paths, entry_dir, load_index, main, prepare, scan_release
 from seg.errors import ConfigError, DatasetError
 
@@ -116,7 +116,8 @@ def test_cli_prepares_in_parallel_and_summarises(shared_luna, tmp_path: Path, ca
     entry = entry_dir(cache, SETTINGS)
     assert len(list(entry.glob("*.hu.npy"))) == 5
 
-    code = main(["--root", str(root), "--cache-dir", str(cache), "--mask-threshold-hu", "-700", "--hu-clip", "-1000", "1000"])
+    code = main(["--root", str(root), "--cache-dir", str(cache), "--mask-threshold-hu", "-700",
+                 "--hu-clip", "-1000", "1000"])
     out = capsys.readouterr().out
     assert code == 0 and "6 series in" in out and "1 converted now, 5 already cached" in out
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from luna_fixtures import FLIPPED, SHAPE, ct_volume, sphere, uid, write_ct
+
 from seg.data.luna.volume import find_series, nodule_boxes, nodule_mask, read_annotations, read_ct
 from seg.errors import DatasetError
 
@@ -28,7 +28,8 @@ def test_find_series_errors(tmp_path: Path) -> None:
     (tmp_path / "subset0").mkdir()
     (tmp_path / "images").mkdir()
     (tmp_path / "annotations.csv").write_text("seriesuid\n")
-    with pytest.raises(DatasetError, match=r"subset0\.\.subset9/<seriesuid>\.mhd.*found annotations\.csv, images/, subset0/"):
+    expected = r"subset0\.\.subset9/<seriesuid>\.mhd.*found annotations\.csv, images/, subset0/"
+    with pytest.raises(DatasetError, match=expected):
         find_series(tmp_path)
     write_ct(tmp_path / "subset0" / "a.mhd", ct_volume((2, 8, 8), []), (0, 0, 0), FLIPPED)
     write_ct(tmp_path / "subset3" / "a.mhd", ct_volume((2, 8, 8), []), (0, 0, 0), FLIPPED)
@@ -59,7 +60,9 @@ def test_annotation_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="annotations file .* is missing"):
         read_annotations(path)
     path.write_text("seriesuid,x,y,z,diameter_mm\n1.2,1,2,3,4\n")
-    with pytest.raises(DatasetError, match=r"expected columns seriesuid,coordX,coordY,coordZ,diameter_mm, found seriesuid,x,y,z,diameter_mm \(missing coordX,coordY,coordZ\)"):
+    expected = (r"expected columns seriesuid,coordX,coordY,coordZ,diameter_mm, found seriesuid,x,y,z,diameter_mm "
+                r"\(missing coordX,coordY,coordZ\)")
+    with pytest.raises(DatasetError, match=expected):
         read_annotations(path)
     path.write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n1.2,1,2,3,4\n\n1.2,1,two,3,4\n")
     with pytest.raises(DatasetError, match="line 4 is malformed"):
