@@ -6,6 +6,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -20,14 +21,19 @@ from seg.logger.tensorboard import TensorBoardLogger
 log = logging.getLogger("seg")
 
 
-def fit(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+def fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run = start_run(cfg, run_dir)
     t, state = cfg.trainer, run.state
     tb = TensorBoardLogger(run.run_dir / "tb", purge_step=state.epoch + 1 if cfg.resume else None)
+    if state.epoch >= t.epochs:
+        log.warning("nothing to train: the run is at epoch %d and trainer.epochs=%d; raise trainer.epochs "
+                    "(e.g. trainer.epochs=%d) to train longer", state.epoch, t.epochs, state.epoch + 10)
+    stopped_by = None
     try:
         with GracefulStop() as stop:
             for epoch in range(state.epoch + 1, t.epochs + 1):
                 if stop():  # a signal during validation: last.pt is already written or about to be
+                    stopped_by = stop.requested
                     _interrupted(run, stop.requested, epoch)
                     break
                 stats = _train_epoch(run, epoch, stop)
@@ -35,6 +41,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 if stats.interrupted:
                     state.progress = stats.progress
                     state.progress.train_metrics = run.train_metrics.state_dict()
+                    stopped_by = stop.requested
                     _interrupted(run, stop.requested, epoch)
                     break
                 state.progress = None
@@ -53,7 +60,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     finally:
         tb.close()
     result = {"best_score": state.best_score if state.best_score is not None else math.nan,
-              "best_epoch": state.best_epoch or 0, "epoch": state.epoch, **state.metrics}
+              "best_epoch": state.best_epoch or 0, "epoch": state.epoch, "stopped_by": stopped_by, **state.metrics}
     (run.run_dir / "result.json").write_text(json.dumps(result, indent=1))
     log.info("done: best %s=%s at epoch %s; checkpoints in %s", t.monitor, state.best_score, state.best_epoch,
              run.ckpt_dir)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from seg.checkpoint import load_checkpoint, load_model_state, make_checkpoint, save_checkpoint
@@ -18,6 +19,7 @@ from seg.engine import builders
 from seg.engine.amp import Amp
 from seg.engine.loop import StepSettings
 from seg.engine.preview import Preview
+from seg.engine.resume import find_resume, plain_config
 from seg.engine.seeding import rng_state, seed_everything, set_rng_state
 from seg.engine.state import EpochProgress, TrainState
 from seg.errors import CheckpointError, ConfigError
@@ -71,26 +73,14 @@ class Run:
         ), self.ckpt_dir / name)  # fmt: skip
 
 
-def plain_config(cfg: DictConfig) -> dict[str, Any]:
-    """The fully resolved config as plain containers, with dataset.root made absolute so seg-eval finds
-    the data from any working directory."""
-    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    root = plain.get("dataset", {}).get("root")
-    if isinstance(root, str) and root:
-        plain["dataset"]["root"] = str(Path(root).expanduser().resolve())
-    return plain  # type: ignore[return-value]
-
-
-def find_resume(resume: str | None, run_dir: Path) -> Path | None:
-    if not resume:
-        return None
-    path = run_dir / "checkpoints" / "last.pt" if resume == "auto" else Path(resume).expanduser()
-    if not path.is_file():
-        raise CheckpointError(
-            f"resume={resume}: no checkpoint at {path}. Pass resume=PATH/last.pt, or resume=auto together "
-            "with hydra.run.dir=<the run directory> to continue that run."
+def refuse_earlier_checkpoints(run_dir: Path) -> None:
+    """A new run never writes into a folder holding another run's checkpoints."""
+    earlier = sorted((run_dir / "checkpoints").glob("*.pt"))
+    if earlier:
+        raise ConfigError(
+            f"{run_dir} already holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}); "
+            "they are kept. Continue that run with resume=auto, or train into another hydra.run.dir."
         )
-    return path
 
 
 def start_run(cfg: DictConfig, run_dir: Path) -> Run:
@@ -99,12 +89,8 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     t = cfg.trainer
     mode = str(getattr(t.monitor_mode, "value", t.monitor_mode))
     resume_path = find_resume(cfg.resume, run_dir)
-    earlier = sorted((run_dir / "checkpoints").glob("*.pt")) if resume_path is None else []
-    if earlier:
-        raise ConfigError(
-            f"{run_dir} already holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}); "
-            "they are kept. Continue that run with resume=auto, or train into another hydra.run.dir."
-        )
+    if resume_path is None:
+        refuse_earlier_checkpoints(run_dir)
     if resume_path is not None and cfg.resume != "auto":
         run_dir = resume_path.parent.parent  # continue the same run directory and TensorBoard run
     seed_everything(cfg.seed)
@@ -116,7 +102,10 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
 
     data = builders.build_data(cfg.dataset)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_split(run_dir / "split.json", data.split_ids())
+    split = data.split_ids()
+    if resume_path is not None:
+        _check_same_split(run_dir / "split.json", split)
+    write_split(run_dir / "split.json", split)
     train_ds, val_ds = data.dataset("train"), data.dataset("val")
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ConfigError(
@@ -173,9 +162,41 @@ def restore(run: Run, path: Path) -> TrainState:
     except (ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"cannot resume from {path}: optimizer/scheduler state does not fit ({exc}). "
                               "Resume with the same optimizer, scheduler and model settings.") from None
+    _replan_schedule(run, ckpt)
     set_rng_state(ckpt["rng"])
     progress = ckpt.get("epoch_progress")
     return TrainState(epoch=int(ckpt["epoch"]), samples_seen=int(ckpt.get("samples_seen", 0)),
                       best_score=ckpt.get("best_score"), best_epoch=ckpt.get("best_epoch"),
                       stale_validations=int(ckpt.get("stale_validations", 0)), metrics=dict(ckpt.get("metrics", {})),
                       progress=EpochProgress.from_dict(progress) if progress else None)
+
+
+def _check_same_split(path: Path, split: dict[str, list[str]]) -> None:
+    """A resume must train on the cases the run was trained on: changed dataset settings that move
+    cases between train/val/test would make its curves and best.pt meaningless."""
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text())
+    if {k: list(v) for k, v in before.items()} != {k: list(v) for k, v in split.items()}:
+        sizes = lambda d: "/".join(str(len(d.get(k, []))) for k in ("train", "val", "test"))  # noqa: E731
+        raise ConfigError(
+            f"resume: the dataset settings give another split than the run's {path} (train/val/test "
+            f"{sizes(before)} before, {sizes(split)} now). Resume with the run's dataset settings, or start a new run"
+        )
+
+
+def _replan_schedule(run: Run, ckpt: dict[str, Any]) -> None:
+    """Epoch-based schedules (cosine, poly) are functions of (epoch, trainer.epochs): set the lr the
+    restored epoch has under this run's trainer.epochs, which may have been raised to train longer
+    (the optimizer state holds the lr the stored schedule ended on)."""
+    scheduler = run.scheduler
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(run.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports
+    before = (ckpt.get("config") or {}).get("trainer", {}).get("epochs")
+    if before is not None and int(before) != int(run.cfg.trainer.epochs):
+        log.info("trainer.epochs %s -> %s: the lr schedule now spans %s epochs (lr %.3g for epoch %d)", before,
+                 run.cfg.trainer.epochs, run.cfg.trainer.epochs, lrs[0], scheduler.last_epoch + 1)

@@ -1,0 +1,43 @@
+"""Hydra callback for seg-train: settle the run folder before Hydra writes anything into it.
+
+Hydra saves `.hydra/config.yaml` and `overrides.yaml` into the run folder before the task starts, so
+the checks must run earlier, at `on_run_start`:
+- a new run aimed at a folder that already holds checkpoints stops here (exit 2), leaving that run's
+  `.hydra/` record as it was;
+- `resume=PATH/checkpoints/last.pt` runs in that run's own folder (its train.log goes on there);
+- a resumed invocation records its config under `.hydra/resume-<time>/`, keeping the original.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+
+from seg.cli.common import fail
+from seg.engine.run import refuse_earlier_checkpoints
+from seg.errors import SegError
+
+
+class RunDirGuard(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        resume = config.get("resume")
+        with read_write(config.hydra), open_dict(config.hydra):
+            if resume and resume != "auto":
+                checkpoint = Path(str(resume)).expanduser()
+                if checkpoint.is_file() and checkpoint.parent.name == "checkpoints":
+                    config.hydra.run.dir = str(checkpoint.resolve().parent.parent)
+            # Resolve ${now:...} once, so the folder checked here is the folder Hydra creates.
+            config.hydra.run.dir = str(config.hydra.run.dir)
+            run_dir = Path(config.get("run_dir") or config.hydra.run.dir)
+            if resume:
+                if (Path(config.hydra.run.dir) / ".hydra").is_dir():
+                    config.hydra.output_subdir = f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+                return
+            try:
+                refuse_earlier_checkpoints(run_dir)
+            except SegError as exc:
+                fail("seg-train", str(exc))

@@ -1,0 +1,120 @@
+"""What `seg-train resume=...` continues: the run's own config, stored in its checkpoint.
+
+A resumed run keeps the settings it was started with; the command line only changes the keys it
+names (`trainer.epochs=40` to train longer, `dataset.root=/moved` after moving the data). Group
+choices (`model=segnet`, `experiment=...`) may be repeated but not changed: they would build a
+different run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from seg.checkpoint import load_checkpoint
+from seg.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("seg")
+
+# Keys that describe how this invocation runs, not what the run is.
+INVOCATION_KEYS = ("resume", "run_dir")
+# Changing these on resume is routine (train longer, another machine, moved data): logged, not warned.
+ROUTINE = ("trainer.epochs", "trainer.num_workers", "trainer.device", "trainer.progress_every", "trainer.pin_memory",
+           "trainer.prefetch_factor", "trainer.early_stopping", "trainer.compile", "trainer.compile_backend",
+           "trainer.cudnn_benchmark", "dataset.root", "dataset.cache_dir")
+RUN_GROUPS = ("dataset", "model", "loss", "augmentation", "optimizer", "scheduler")
+CHANGES_SHOWN = 4
+
+
+def find_resume(resume: str | None, run_dir: Path) -> Path | None:
+    if not resume:
+        return None
+    path = run_dir / "checkpoints" / "last.pt" if resume == "auto" else Path(resume).expanduser()
+    if not path.is_file():
+        raise CheckpointError(
+            f"resume={resume}: no checkpoint at {path}. Pass resume=PATH/last.pt, or resume=auto together "
+            "with hydra.run.dir=<the run directory> to continue that run."
+        )
+    return path
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """The fully resolved config as plain containers, with dataset.root made absolute so seg-eval finds
+    the data from any working directory."""
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    root = plain.get("dataset", {}).get("root")
+    if isinstance(root, str) and root:
+        plain["dataset"]["root"] = str(Path(root).expanduser().resolve())
+    return plain  # type: ignore[return-value]
+
+
+def override_key(override: str) -> str:
+    """`trainer.epochs=40` -> `trainer.epochs` (Hydra's `+`/`++` prefixes dropped)."""
+    key = override.split("=", 1)[0].strip()
+    if key.startswith("~"):
+        raise ConfigError(f"resume: deleting a key ({override}) cannot apply to a stored run; start a new run")
+    return key.lstrip("+")
+
+
+def flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Dotted keys of a nested config; lists are leaves."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from flatten(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
+
+
+def differences(a: Mapping[str, Any], b: Mapping[str, Any], skip: Collection[str] = ()) -> list[str]:
+    """`key (a -> b)` for keys present in both with different values; `skip` drops keys and subtrees."""
+    fa, fb = dict(flatten(a)), dict(flatten(b))
+    skipped = lambda k: k in skip or any(k.startswith(f"{s}.") for s in skip)  # noqa: E731
+    return [f"{k} ({fa[k]!r} -> {fb[k]!r})" for k in fa if k in fb and fa[k] != fb[k] and not skipped(k)]
+
+
+def _shown(items: list[str]) -> str:
+    more = f" and {len(items) - CHANGES_SHOWN} more" if len(items) > CHANGES_SHOWN else ""
+    return ", ".join(items[:CHANGES_SHOWN]) + more
+
+
+def resumed_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], groups: Collection[str]) -> DictConfig:
+    """The checkpoint's stored config with the command line's `key=value` overrides on top.
+
+    `cfg` is the config composed from this command line, `overrides` its override strings and
+    `groups` the config-group names (so `model=segnet` is told apart from `seed=3`). The checkpoint
+    is read here, before anything is written, so a wrong file fails first."""
+    path = find_resume(cfg.resume, run_dir)
+    assert path is not None
+    ckpt = load_checkpoint(path)
+    stored = ckpt.get("config")
+    if not isinstance(stored, dict) or "trainer" not in stored or "optimizer" not in ckpt or "rng" not in ckpt:
+        raise CheckpointError(f"{path} has no training state to resume from (was it exported for inference only?)")
+    composed = plain_config(cfg)
+    given = OmegaConf.create(composed)
+    keys = [override_key(o) for o in overrides]
+    merged = OmegaConf.create(stored)
+    for key in (k for k in keys if k not in groups):
+        OmegaConf.update(merged, key, OmegaConf.select(given, key), force_add=True)
+    chosen = [o for o, k in zip(overrides, keys) if k in groups]
+    if chosen:
+        # The nodes those choices build (a recipe builds them all) must come out as stored.
+        nodes = {n for k in keys if k in groups for n in (RUN_GROUPS if k == "experiment" else (k,))}
+        others = [k for k in composed if k not in nodes]
+        merged_plain = OmegaConf.to_container(merged)
+        changed = differences(merged_plain, composed, skip=(*others, *ROUTINE))  # type: ignore[arg-type]
+        if changed:
+            raise ConfigError(
+                f"resume continues the run with the config stored in {path.name}; {' '.join(chosen)} would change "
+                f"{_shown(changed)}. Drop the group choices (keep key=value overrides such as trainer.epochs=40), "
+                "or start a new run"
+            )
+    changed = differences(stored, OmegaConf.to_container(merged), skip=INVOCATION_KEYS)  # type: ignore[arg-type]
+    if changed:
+        notable = differences(stored, OmegaConf.to_container(merged), skip=(*INVOCATION_KEYS, *ROUTINE))  # type: ignore[arg-type]
+        report = log.warning if notable else log.info
+        report("resuming with settings changed from the stored run: %s", _shown(changed))
+    return merged

@@ -1,0 +1,61 @@
+"""seg-train's run folder as a user meets it: a refused run leaves the earlier run's record alone,
+`resume=PATH` continues the stored run in its own folder, a sweep outlives one bad job."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.cli.test_cli import TINY, assert_user_error, run
+
+
+def test_refused_and_resumed_runs_keep_the_runs_own_record(tmp_path: Path) -> None:
+    first = run("seg-train", *TINY, "trainer.epochs=1", "model.wf=2", "hydra.run.dir=r", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    hydra_dir = tmp_path / "r" / ".hydra"
+    record = {p.name: p.read_text() for p in hydra_dir.glob("*.yaml")}
+
+    refused = run("seg-train", "trainer.epochs=1", "hydra.run.dir=r", cwd=tmp_path)
+    assert_user_error(refused, "already holds checkpoints", "resume=auto")
+    assert {p.name: p.read_text() for p in hydra_dir.glob("*.yaml")} == record  # nothing rewritten
+
+    # Only the new epoch count on the command line: the stored run (wf=2, 20 images) goes on, in r/.
+    resumed = run("seg-train", f"resume={tmp_path / 'r' / 'checkpoints' / 'last.pt'}", "trainer.epochs=2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert {p.name: p.read_text() for p in hydra_dir.glob("*.yaml")} == record
+    (extra,) = hydra_dir.glob("resume-*")
+    assert yaml.safe_load((extra / "config.yaml").read_text())["model"]["wf"] == 5  # what this command composed
+    assert not (tmp_path / "outputs").exists()
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert "epoch 1/1" in log and "epoch 2/2" in log and "resuming with settings changed" in log
+
+    changed = run("seg-train", "resume=auto", "hydra.run.dir=r", "model=segnet", "trainer.epochs=3", cwd=tmp_path)
+    assert_user_error(changed, "model=segnet would change model._target_")
+
+
+def test_a_sweep_reports_a_failed_job_and_runs_the_others(tmp_path: Path) -> None:
+    proc = run("seg-train", "--multirun", *TINY, "trainer.epochs=1", "loss=ce,bce", "hydra.sweep.dir=sweep",
+               cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "1 sweep job(s) failed" in proc.stderr and "loss=ce" in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "sweep" / "1" / "checkpoints" / "best.pt").is_file()  # the bce job still ran
+
+
+def test_sigterm_mid_run_saves_and_exits_143(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "seg-train"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "seg.cli.train"]
+    proc = subprocess.Popen([*command, *TINY, "dataset.n_images=200", "trainer.epochs=50", "hydra.run.dir=r"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "r" / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "SIGTERM received" in out + err and "Traceback" not in out + err
