@@ -1,5 +1,7 @@
 """Errors a user can cause. The CLI prints their message and exits non-zero, without a traceback."""
 
+EXIT_USER_ERROR = 2  # the exit status of every seg command for a user error (argparse uses 2 as well)
+
 
 class SegError(Exception):
     """Base class: the message must say what was expected and what to do."""

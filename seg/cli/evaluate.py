@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from seg.cli.common import config_dir, user_errors
+from seg.cli.common import config_dir, hydra_errors, user_errors
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
@@ -22,7 +22,8 @@ def main() -> None:
     # `dataset.root=...` overrides a key of the checkpoint's stored config, which eval.yaml cannot list
     # in advance; Hydra would demand `+dataset.root`. Accept the natural spelling.
     sys.argv = [f"++{a}" if a.startswith("dataset.") else a for a in sys.argv]
-    _evaluate()
+    with hydra_errors("seg-eval"):
+        _evaluate()
 
 
 if __name__ == "__main__":

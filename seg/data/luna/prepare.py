@@ -28,7 +28,7 @@ from tqdm import tqdm
 from seg.data.cache import cache_key, default_cache_dir
 from seg.data.luna.geometry import world_to_voxel
 from seg.data.luna.volume import find_series, nodule_mask, read_annotations, read_ct
-from seg.errors import ConfigError, DatasetError, SegError
+from seg.errors import EXIT_USER_ERROR, ConfigError, DatasetError, SegError
 
 FORMAT = 1
 
@@ -211,7 +211,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `seg-prepare`: exit status 0, or 1 with a one-line message on a user error."""
+    """Entry point of `seg-prepare`: exit status 0, or 2 (EXIT_USER_ERROR, as every seg command and
+    argparse itself use) with a one-line message on a user error."""
     args = _parser().parse_args(argv)
     try:
         if args.workers < 1:
@@ -223,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         workers=args.workers)
     except SegError as err:
         print(f"seg-prepare: error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_USER_ERROR
     nodules = sum(len(ix.nodules) for ix in indices.values())
     slices = sum(len(ix.positive_slices) for ix in indices.values())
     outside = sum(ix.outside for ix in indices.values())

@@ -122,11 +122,16 @@ def test_cli_prepares_in_parallel_and_summarises(shared_luna, tmp_path: Path, ca
     assert code == 0 and "6 series in" in out and "1 converted now, 5 already cached" in out
 
 
-def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
-    assert main(["--root", str(tmp_path / "missing")]) == 1
+def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    assert main(["--root", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("seg-prepare: error: LUNA16 root") and "\n" not in err
-    assert main(["--root", str(tmp_path), "--workers", "0"]) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["--root", str(empty)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("seg-prepare: error: no CT series found under") and "\n" not in err
+    assert main(["--root", str(tmp_path), "--workers", "0"]) == 2
     assert "--workers must be >= 1" in capsys.readouterr().err
-    assert main(["--root", str(tmp_path), "--hu-clip", "5", "1"]) == 1
+    assert main(["--root", str(tmp_path), "--hu-clip", "5", "1"]) == 2
     assert "hu_clip" in capsys.readouterr().err
