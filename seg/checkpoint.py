@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import sys
 import tempfile
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -73,10 +75,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for foreign or corrupt files
-        raise CheckpointError(
-            f"{path} is not a readable seg checkpoint ({_reason(exc)}). Expected a .pt file written by seg-train "
-            "(checkpoints/best.pt or last.pt in a run directory)."
-        ) from None
+        raise CheckpointError(f"{path} is not a readable seg checkpoint: {_diagnose(path, exc)}") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         kind = f"a dict with keys {sorted(state)[:8]}" if isinstance(state, dict) else type(state).__name__
@@ -112,10 +111,53 @@ def load_model_state(model: torch.nn.Module, state_dict: dict[str, Any], source:
     model.load_state_dict(state_dict)
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive (since torch 1.6)
+PICKLE_MAGIC = b"\x80"  # the legacy torch.save format, and plain pickles, start with a protocol marker
+EXPECTED = "expected a .pt file written by seg-train (checkpoints/best.pt or last.pt in a run directory)"
+
+
+def _diagnose(path: Path, exc: Exception) -> str:
+    """Why torch could not read `path`, from the file's own bytes: torch's messages for a text file
+    ("101") or a truncated archive (a paragraph about miniz) do not tell the user what to do."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as err:
+        return f"it cannot be read ({err.strerror or err}); check its permissions"
+    damaged = f"it is truncated or damaged ({size} bytes); copy it again from the run that wrote it"
+    if size == 0:
+        return "it is empty (0 bytes); copy it again from the run that wrote it"
+    if head.startswith(ZIP_MAGIC):
+        names = _zip_names(path)
+        if names is None:
+            return damaged
+        if not any(name.endswith("/data.pkl") for name in names):
+            return f"a zip archive, but not one torch.save wrote ({_reason(exc)}); {EXPECTED}"
+        return f"{_reason(exc)}; {EXPECTED}"
+    if head.startswith(PICKLE_MAGIC):  # a legacy torch file or a plain pickle
+        if isinstance(exc, EOFError) or "truncated" in str(exc).lower():
+            return damaged
+        return f"{_reason(exc)}; {EXPECTED}"
+    return f"not a zip archive written by torch.save (it starts with {head[:12]!r}); {EXPECTED}"
+
+
+def _zip_names(path: Path) -> list[str] | None:
+    """The members of a zip archive, or None when its directory is missing or a member's CRC fails."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist() if archive.testzip() is None else None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return None
+
+
 def _reason(exc: Exception) -> str:
     """The informative line of torch's (long, multi-paragraph) load error."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith("WeightsUnpickler error:"):
-            return "it holds Python objects that a safe load refuses: " + line.split(":", 1)[1].strip().split(". ")[0]
-    return lines[0] if lines else type(exc).__name__
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        detail = [line.strip() for line in text.split("WeightsUnpickler error:", 1)[1].splitlines() if line.strip()]
+        what = detail[0].split(". ")[0] if detail else "unsupported content"
+        return f"it holds Python objects that a safe load refuses: {what}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", lines[0]) if lines else ""
+    return first or type(exc).__name__

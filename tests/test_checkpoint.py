@@ -59,6 +59,47 @@ def test_not_a_checkpoint(tmp_path: Path, content: bytes | None, message: str) -
         load_checkpoint(path)
 
 
+def test_text_file_is_named_as_not_written_by_torch_save(tmp_path: Path) -> None:
+    path = tmp_path / "notckpt.pt"
+    path.write_text("hello, not a checkpoint\n")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    text = str(err.value)
+    assert "not a readable seg checkpoint: not a zip archive written by torch.save" in text
+    assert "it starts with b'hello, not a'" in text and "seg-train" in text and "\n" not in text
+    assert "(101)" not in text
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.1, 0.999])
+def test_truncated_checkpoint_says_truncated_in_one_line(tmp_path: Path, keep: float) -> None:
+    path = save_checkpoint(_state(torch.nn.Conv2d(3, 16, 3)), tmp_path / "best.pt")
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    text = str(err.value)
+    assert "truncated or damaged" in text and "copy it again" in text, text
+    assert "\n" not in text and "miniz" not in text and len(text) < 300
+
+
+def test_empty_and_foreign_zip_files(tmp_path: Path) -> None:
+    import zipfile
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"it is empty \(0 bytes\)"):
+        load_checkpoint(empty)
+    other = tmp_path / "other.pt"
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("notes.txt", "hi")
+    with pytest.raises(CheckpointError, match="a zip archive, but not one torch.save wrote"):
+        load_checkpoint(other)
+    module = tmp_path / "module.pt"
+    torch.save(torch.nn.Conv2d(1, 1, 1), module)  # a whole pickled module: refused by the safe load
+    with pytest.raises(CheckpointError, match="Python objects that a safe load refuses"):
+        load_checkpoint(module)
+
+
 def test_missing_and_folder_paths(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
