@@ -7,12 +7,15 @@ with Hydra's own message instead of deep inside training.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from seg.errors import ConfigError
 
 
 class MonitorMode(str, Enum):
@@ -98,6 +101,53 @@ class PredictConfig:
     threshold: float = 0.5  # binary models: foreground where the probability exceeds it
     tta: bool = False  # average over the four flips
     submission: Optional[RleForm] = None  # also write submission.csv (ImageId,EncodedPixels) in this form
+
+
+# Lower bounds of trainer settings that type-check but make no sense (e.g. epochs=0 trains nothing and
+# still exits 0); early_stopping may also be null (off).
+TRAINER_MINIMUMS: tuple[tuple[str, int, str], ...] = (
+    ("epochs", 1, "the number of epochs to train"),
+    ("val_every", 1, "validate every N epochs"),
+    ("batch_size", 1, "images per step"),
+    ("num_workers", 0, "0 loads data in the main process"),
+    ("progress_every", 0, "steps between progress-bar updates"),
+    ("preview_images", 0, "0 turns previews off"),
+    ("early_stopping", 1, "validations without improvement; null turns it off"),
+    ("prefetch_factor", 1, "batches loaded ahead per worker"),
+)
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Reject what the schema lets through: out-of-range trainer values, and keys added with Hydra's
+    `+` (`+trainer.epoch=3` composes, then is silently ignored). All problems in one ConfigError."""
+    problems = _unknown_keys(cfg, [f.name for f in fields(TrainConfig)], "")
+    trainer = cfg.get("trainer") if "trainer" in cfg else None
+    if not isinstance(trainer, DictConfig):
+        problems.append("the trainer settings are missing (do not delete them with ~trainer)")
+    else:
+        problems += _unknown_keys(trainer, [f.name for f in fields(TrainerConfig)], "trainer.")
+        for key, low, meaning in TRAINER_MINIMUMS:
+            if key not in trainer or OmegaConf.is_missing(trainer, key):
+                continue
+            value = trainer[key]
+            if value is None and key == "early_stopping":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                problems.append(f"trainer.{key}={value} must be an integer >= {low} ({meaning})")
+    if problems:
+        raise ConfigError("invalid training config: " + "; ".join(problems))
+
+
+def _unknown_keys(node: DictConfig, valid: list[str], prefix: str) -> list[str]:
+    """'unknown key trainer.epoch (did you mean trainer.epochs?)' for each key the schema lacks."""
+    problems = []
+    for key in (str(k) for k in node.keys()):
+        if key in valid or (not prefix and key == "hydra"):
+            continue
+        match = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        hint = f"did you mean {prefix}{match[0]}?" if match else f"valid keys: {', '.join(valid)}"
+        problems.append(f"unknown key {prefix}{key} ({hint})")
+    return problems
 
 
 def _ctx_channels(k: Any) -> int:

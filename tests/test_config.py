@@ -190,3 +190,51 @@ def test_missing_root_names_the_full_key() -> None:
     cfg = compose_train(["dataset=ph2"])
     with pytest.raises(ConfigError, match=r"missing required value\(s\) dataset.root: "):
         builders.build_data(cfg.dataset)
+
+
+# --- check_train_config: what the schema types but cannot bound ---------------------------------------
+
+
+@pytest.mark.parametrize("name", ["", *options("experiment")])
+def test_shipped_configs_pass_check_train_config(name: str) -> None:
+    from seg.config import check_train_config
+
+    check_train_config(compose_train([f"experiment={name}", "dataset.root=/data"] if name else []))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.epochs=0", "trainer.epochs=0 must be an integer >= 1"),
+        ("trainer.val_every=0", "trainer.val_every=0 must be an integer >= 1"),
+        ("trainer.val_every=-1", "trainer.val_every=-1 must be an integer >= 1"),
+        ("trainer.batch_size=0", "trainer.batch_size=0 must be an integer >= 1"),
+        ("trainer.num_workers=-1", "trainer.num_workers=-1 must be an integer >= 0"),
+        ("trainer.progress_every=-5", "trainer.progress_every=-5 must be an integer >= 0"),
+        ("trainer.preview_images=-1", "trainer.preview_images=-1 must be an integer >= 0"),
+        ("trainer.early_stopping=0", "trainer.early_stopping=0 must be an integer >= 1"),
+        ("trainer.prefetch_factor=0", "trainer.prefetch_factor=0 must be an integer >= 1"),
+        ("+trainer.epoch=3", "unknown key trainer.epoch (did you mean trainer.epochs?)"),
+        ("+trainer.zzz=3", "unknown key trainer.zzz (valid keys: epochs, batch_size,"),
+        ("+sed=3", "unknown key sed (did you mean seed?)"),
+    ],
+)
+def test_check_train_config_rejects(override: str, message: str) -> None:
+    from seg.config import check_train_config
+    from seg.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        check_train_config(compose_train([override]))
+    text = str(err.value)
+    assert text.startswith("invalid training config: ") and message in text and "\n" not in text
+
+
+def test_check_train_config_accepts_edge_values_and_lists_every_problem() -> None:
+    from seg.config import check_train_config
+    from seg.errors import ConfigError
+
+    check_train_config(compose_train(["trainer.epochs=1", "trainer.num_workers=0", "trainer.progress_every=0",
+                                      "trainer.preview_images=0", "trainer.early_stopping=1"]))
+    with pytest.raises(ConfigError) as err:
+        check_train_config(compose_train(["trainer.epochs=0", "+trainer.epoch=3"]))
+    assert "trainer.epochs=0" in str(err.value) and "unknown key trainer.epoch " in str(err.value)

@@ -20,7 +20,7 @@ from skimage.transform import resize
 from torch.utils.data import Dataset
 
 from seg.data.cache import CachedArrays, build_or_load
-from seg.data.split import SPLITS, seeded_split
+from seg.data.split import SPLITS, check_ratios, seeded_split
 from seg.errors import ConfigError
 
 IGNORE_INDEX = 255
@@ -165,6 +165,7 @@ class CachedArrayData(SegDataModule):
         self.root = Path(root).expanduser() if root else None
         self.image_size = as_size(image_size)
         self.ratios = dict(split) if split else dict(DEFAULT_RATIOS)
+        check_ratios(self.ratios)  # at construction, not after minutes of building the cache
         self.split_seed = int(split_seed)
         self.cache_dir = cache_dir
         self._arrays: CachedArrays | None = None

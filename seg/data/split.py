@@ -13,15 +13,32 @@ from seg.errors import ConfigError
 SPLITS = ("train", "val", "test")
 
 
-def split_counts(n: int, ratios: Mapping[str, float]) -> dict[str, int]:
-    """Turn ratios into counts that add up to n; a split with a positive ratio gets at least one case
-    when there are enough cases, so a small dataset still has something to validate on."""
+RATIO_TOLERANCE = 1e-6
+
+
+def check_ratios(ratios: Mapping[str, float]) -> dict[str, float]:
+    """Ratios must name known splits, be >= 0 and sum to 1: `dataset.split.train=0.9` with the default
+    val 0.1 and test 0.2 is a mistake to report, not something to rescale silently."""
     unknown = set(ratios) - set(SPLITS)
     if unknown:
         raise ConfigError(f"unknown split name(s) {sorted(unknown)}: expected keys among {list(SPLITS)}")
     values = {s: float(ratios.get(s, 0.0)) for s in SPLITS}
     if any(v < 0 for v in values.values()) or sum(values.values()) <= 0:
         raise ConfigError(f"split ratios must be >= 0 and not all zero, got {dict(values)}")
+    total = sum(values.values())
+    if abs(total - 1.0) > RATIO_TOLERANCE:
+        shown = ", ".join(f"{s}: {float(ratios[s]):g}" for s in SPLITS if s in ratios)
+        raise ConfigError(
+            f"dataset.split ratios {{{shown}}} sum to {total:.6g}; they must sum to 1 "
+            "(e.g. dataset.split.train=0.7 dataset.split.val=0.1 dataset.split.test=0.2)"
+        )
+    return values
+
+
+def split_counts(n: int, ratios: Mapping[str, float]) -> dict[str, int]:
+    """Turn ratios into counts that add up to n; a split with a positive ratio gets at least one case
+    when there are enough cases, so a small dataset still has something to validate on."""
+    values = check_ratios(ratios)
     total = sum(values.values())
     counts = {s: int(round(n * values[s] / total)) for s in ("val", "test")}
     positive = [s for s in SPLITS if values[s] > 0]

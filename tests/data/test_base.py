@@ -28,9 +28,27 @@ def test_split_counts(n: int, expected: tuple[int, int, int]) -> None:
     assert (counts["train"], counts["val"], counts["test"]) == expected
 
 
-def test_split_counts_normalise_and_allow_missing_splits() -> None:
-    assert split_counts(10, {"train": 7, "test": 3}) == {"train": 7, "val": 0, "test": 3}
+def test_split_counts_allow_missing_splits() -> None:
+    assert split_counts(10, {"train": 0.7, "test": 0.3}) == {"train": 7, "val": 0, "test": 3}
     assert split_counts(10, {"train": 1.0}) == {"train": 10, "val": 0, "test": 0}
+    assert split_counts(3, {"train": 2 / 3, "val": 1 / 3}) == {"train": 2, "val": 1, "test": 0}  # float sums
+
+
+@pytest.mark.parametrize(
+    "ratios, shown, total",
+    [
+        ({"train": 0.9, "val": 0.1, "test": 0.2}, "{train: 0.9, val: 0.1, test: 0.2}", "1.2"),
+        ({"train": 7, "test": 3}, "{train: 7, test: 3}", "10"),  # counts are not ratios
+        ({"train": 0.5, "val": 0.1}, "{train: 0.5, val: 0.1}", "0.6"),
+    ],
+)
+def test_split_ratios_must_sum_to_one(ratios: dict, shown: str, total: str) -> None:
+    expected = f"dataset.split ratios {shown} sum to {total}; they must sum to 1"
+    with pytest.raises(ConfigError) as err:
+        split_counts(10, ratios)
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="must sum to 1"):
+        seeded_split([f"c{i}" for i in range(10)], ratios, seed=0)
 
 
 @pytest.mark.parametrize(
@@ -215,6 +233,12 @@ def test_cached_array_data_views(tmp_path: Path) -> None:
     assert ToyData(image_size=[6, 9], cache_dir=str(tmp_path)).arrays.path == data.arrays.path
     with pytest.raises(ConfigError, match="unknown split"):
         data.dataset("validation")
+
+
+def test_bad_split_ratios_fail_at_construction_before_any_case_is_read(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"sum to 1\.2; they must sum to 1"):
+        ToyData(split={"train": 0.9, "val": 0.1, "test": 0.2}, cache_dir=str(tmp_path))
+    assert not any(tmp_path.iterdir())  # no cache was built
 
 
 def test_meta_is_checked() -> None:

@@ -120,7 +120,8 @@ def test_custom_folder_names_and_image_glob(tmp_path):
     write_pairs(root, NAMES[:6])
     (root / "images").rename(root / "inputs")
     (root / "masks").rename(root / "labels")
-    data = make(root, images_dir="inputs", masks_dir="labels", image_glob="case_0[0-3]*", split={"train": 1, "val": 1})
+    data = make(root, images_dir="inputs", masks_dir="labels", image_glob="case_0[0-3]*",
+                split={"train": 0.5, "val": 0.5})
     assert sorted(sum(data.split_ids().values(), [])) == NAMES[:4]  # deselected images are not "unmatched"
 
 
@@ -133,7 +134,7 @@ def test_unmatched_files_are_listed_together_or_skipped(tmp_path, caplog):
     with pytest.raises(DatasetError, match=listed):
         make(root).split_ids()
     with caplog.at_level(logging.WARNING, logger="seg.data"):
-        split = make(root, skip_unmatched=True, split={"train": 2, "val": 1}).split_ids()
+        split = make(root, skip_unmatched=True, split={"train": 2 / 3, "val": 1 / 3}).split_ids()
     assert sorted(split["train"] + split["val"]) == NAMES[2:5]
     records = [r for r in caplog.records if r.name == "seg.data"]
     assert len(records) == 1 and "orphan.png" in records[0].getMessage() and "case_00.png" in records[0].getMessage()
@@ -175,5 +176,5 @@ def test_recursive_glob_pairs_by_relative_path(tmp_path):
             for folder, array in (("images", np.zeros((H, W, 3), np.uint8)), ("masks", label((0, 255)))):
                 (root / folder / site).mkdir(parents=True, exist_ok=True)
                 Image.fromarray(array).save(root / folder / site / f"{name}.png")
-    data = make(root, image_glob="**/*.png", split={"train": 1, "val": 1})
+    data = make(root, image_glob="**/*.png", split={"train": 0.5, "val": 0.5})
     assert sorted(sum(data.split_ids().values(), [])) == [f"site_{s}/{n}" for s in "ab" for n in NAMES[:2]]
