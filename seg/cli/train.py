@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from seg.cli.common import EXIT_USER_ERROR, config_dir, user_errors
+from seg.cli.common import EXIT_USER_ERROR, config_dir, hydra_errors, user_errors
 from seg.errors import SegError
 
 log = logging.getLogger("seg")
@@ -55,7 +55,8 @@ def _train(cfg: DictConfig) -> float:
 
 def main() -> None:
     try:
-        _train()
+        with hydra_errors(PROG):
+            _train()
     except KeyboardInterrupt:
         print(f"{PROG}: stopped at once by a second interrupt; checkpoints/last.pt holds the last saved state",
               file=sys.stderr)

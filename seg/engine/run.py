@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from seg.checkpoint import load_checkpoint, load_model_state, make_checkpoint, save_checkpoint
+from seg.config import check_train_config
 from seg.data.base import SegDataModule
 from seg.data.split import write_split
 from seg.engine import builders
@@ -86,6 +87,7 @@ def refuse_earlier_checkpoints(run_dir: Path) -> None:
 def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     """Check the run folder, build data, model, loss, augmentation, optimizer, scheduler, loaders and
     metrics, and restore a checkpoint when resuming."""
+    check_train_config(cfg)
     t = cfg.trainer
     mode = str(getattr(t.monitor_mode, "value", t.monitor_mode))
     resume_path = find_resume(cfg.resume, run_dir)

@@ -59,3 +59,12 @@ def test_sigterm_mid_run_saves_and_exits_143(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "SIGTERM received" in out + err and "Traceback" not in out + err
+
+
+def test_bad_overrides_and_values_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    assert_user_error(run("seg-train", "trainer.epoch=3", cwd=tmp_path), "did you mean trainer.epochs?")
+    assert_user_error(run("seg-train", "model=unett", cwd=tmp_path), "Available options in 'model'")
+    zero = run("seg-train", *TINY, "trainer.epochs=0", "hydra.run.dir=z", cwd=tmp_path)
+    assert_user_error(zero, "trainer.epochs")
+    assert not (tmp_path / "z" / "split.json").exists()  # checked before anything is written
+    assert len(zero.stderr.strip().splitlines()) == 1

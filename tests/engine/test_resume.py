@@ -73,7 +73,8 @@ def test_a_file_that_cannot_be_resumed_fails_before_anything_is_written(tmp_path
 
 def test_helpers() -> None:
     assert override_key("++trainer.epochs=3") == "trainer.epochs" and override_key("+x.y=[1,2]") == "x.y"
-    assert differences({"a": {"b": 1, "c": [1]}, "r": 1}, {"a": {"b": 2, "c": [1]}, "r": 2}, skip=("r",)) == ["a.b (1 -> 2)"]
+    a, b = {"a": {"b": 1, "c": [1]}, "r": {"s": 1}}, {"a": {"b": 2, "c": [1]}, "r": {"s": 2}}
+    assert differences(a, b, skip=("r",)) == ["a.b (1 -> 2)"] and differences(a, b, skip=("r.s",)) == ["a.b (1 -> 2)"]
 
 
 def test_a_resume_that_would_change_the_split_is_refused(tmp_path: Path) -> None:
@@ -96,7 +97,7 @@ def test_raising_epochs_on_resume_replans_an_epoch_based_schedule(tmp_path: Path
     lrs = [sorted((e.step, e.value) for e in EventAccumulator(str(d / "tb")).Reload().Scalars("lr"))
            for d in (tmp_path / "straight", tmp_path / "longer")]
     assert lrs[0] == lrs[1] and [round(v, 6) for _, v in lrs[0]] == [0.0005, 0.001, 0.00075, 0.00025]
-    a, b = (load_checkpoint(d / "checkpoints" / "last.pt")["model"] for d in (tmp_path / "straight", tmp_path / "longer"))
+    a, b = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt")["model"] for d in ("straight", "longer"))
     for key in a:
         assert torch.equal(a[key], b[key]), key
 
