@@ -103,17 +103,19 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     channels_last = builders.resolve_channels_last(t.channels_last, amp)
 
     data = builders.build_data(cfg.dataset)
-    run_dir.mkdir(parents=True, exist_ok=True)
     split = data.split_ids()
-    if resume_path is not None:
-        _check_same_split(run_dir / "split.json", split)
-    write_split(run_dir / "split.json", split)
     train_ds, val_ds = data.dataset("train"), data.dataset("val")
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ConfigError(
             f"the {type(data).__name__} split has {len(train_ds)} training and {len(val_ds)} validation "
             "item(s); both need at least one (check dataset.split ratios and the number of cases)"
         )
+    loss_fn = builders.build(cfg.loss, "loss")
+    _check_loss_fits(loss_fn, train_ds[0], data.n_classes)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume_path is not None:
+        _check_same_split(run_dir / "split.json", split)
+    write_split(run_dir / "split.json", split)
     log.info("data: %s train / %s val items, %s channel(s), classes %s", len(train_ds), len(val_ds),
              data.in_channels, data.class_names)
 
@@ -129,7 +131,7 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
         data=data, model=model,
         # The compiled wrapper runs the steps; checkpoints always take the plain module's state_dict.
         step_model=torch.compile(model, backend=t.compile_backend) if t.compile else model,
-        loss_fn=builders.build(cfg.loss, "loss").to(device),
+        loss_fn=loss_fn.to(device),
         augment=builders.build(cfg.augmentation, "augmentation").to(device),
         optimizer=optimizer, scheduler=builders.build_scheduler(cfg.scheduler, optimizer, t.epochs, mode),
         train_loader=builders.build_loader(train_ds, batch_size=t.batch_size, device=device, shuffle_seed=cfg.seed,
@@ -202,3 +204,13 @@ def _replan_schedule(run: Run, ckpt: dict[str, Any]) -> None:
     if before is not None and int(before) != int(run.cfg.trainer.epochs):
         log.info("trainer.epochs %s -> %s: the lr schedule now spans %s epochs (lr %.3g for epoch %d)", before,
                  run.cfg.trainer.epochs, run.cfg.trainer.epochs, lrs[0], scheduler.last_epoch + 1)
+
+
+def _check_loss_fits(loss_fn: torch.nn.Module, item: dict[str, Any], n_classes: int) -> None:
+    """One loss evaluation on a training item's mask (and weight map) with zero logits: a loss that
+    does not fit the data (`loss=ce` on binary masks, `weighted_bce` without weight maps) fails here,
+    before the run folder gets anything."""
+    mask = item["mask"][None].long()
+    weight = item.get("weight")
+    logits = torch.zeros(1, 1 if n_classes == 1 else n_classes, *mask.shape[1:])
+    loss_fn(logits, mask, weight=None if weight is None else weight[None].float())

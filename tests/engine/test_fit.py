@@ -172,3 +172,12 @@ def test_a_new_run_never_overwrites_earlier_checkpoints(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="resume=auto"):
         fit(compose_cfg(["trainer.epochs=1", "seed=7"], tmp_path), tmp_path)
     assert (tmp_path / "checkpoints" / "best.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("loss, message", [("ce", "needs a multi-class model"), ("weighted_bce", "weight maps")])
+def test_a_loss_that_does_not_fit_the_data_fails_before_the_run_folder_is_written(
+    tmp_path: Path, loss: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        fit(compose_cfg([f"loss={loss}"], tmp_path / "run"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
