@@ -134,6 +134,10 @@ def check_train_config(cfg: DictConfig) -> None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 problems.append(f"trainer.{key}={value} must be an integer >= {low} ({meaning})")
+        for key in ("grad_clip_norm", "grad_clip_value"):  # a negative bound would flip the gradients
+            value = trainer.get(key)
+            if value is not None and not value > 0:
+                problems.append(f"trainer.{key}={value} must be > 0, or null for no clipping")
     if problems:
         raise ConfigError("invalid training config: " + "; ".join(problems))
 

@@ -172,6 +172,8 @@ def test_predict_config_composes_with_every_option_typed() -> None:
         (["optimizer.lr=abc"], "invalid optimizer settings"),
         (["optimizer=sgd", "optimizer.momentum=-1"], "momentum"),
         (["scheduler=plateau", "scheduler.factor=2"], "invalid scheduler settings"),
+        (["scheduler=cosine", "scheduler.warmup_epochs=-1"], "warmup_epochs and min_lr must be >= 0"),
+        (["scheduler=poly", "scheduler.power=0"], "power must be > 0"),
     ],
 )
 def test_bad_optimizer_and_scheduler_values_are_config_errors(overrides: list[str], message: str) -> None:
@@ -217,6 +219,8 @@ def test_shipped_configs_pass_check_train_config(name: str) -> None:
         ("+trainer.epoch=3", "unknown key trainer.epoch (did you mean trainer.epochs?)"),
         ("+trainer.zzz=3", "unknown key trainer.zzz (valid keys: epochs, batch_size,"),
         ("+sed=3", "unknown key sed (did you mean seed?)"),
+        ("trainer.grad_clip_norm=-1", "trainer.grad_clip_norm=-1.0 must be > 0"),
+        ("trainer.grad_clip_value=0", "trainer.grad_clip_value=0.0 must be > 0"),
     ],
 )
 def test_check_train_config_rejects(override: str, message: str) -> None:

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from seg.bench.measure import interleaved, machine_info, matmul_peak_tflops, memory_kind, split_steps, sync
 from seg.bench.reference import ReferenceRun
 from seg.bench.seg_path import SegRun
-from seg.cli.common import config_dir, user_errors
+from seg.cli.common import config_dir, describe_hydra_error, user_errors
 from seg.engine import builders
 from seg.errors import ConfigError
 
@@ -222,21 +222,13 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _first_line(exc: BaseException) -> str:
-    """Hydra often wraps the real reason (an empty message with a __cause__)."""
-    while not str(exc).strip() and exc.__cause__ is not None:
-        exc = exc.__cause__
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     with user_errors(PROG):
         try:
             cfg = compose_config(args.overrides)
         except HydraException as exc:
-            raise ConfigError(f"cannot compose the config from {args.overrides}: {_first_line(exc)}") from None
+            raise ConfigError(f"cannot compose the config from {args.overrides}: {describe_hydra_error(exc)}") from None
         result = run_benchmark(cfg, args.overrides, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
                                skip_reference=args.skip_reference, skip_eval=args.skip_eval,
                                cache_parent=args.cache_dir, sync_every=args.sync_every)

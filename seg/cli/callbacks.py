@@ -10,6 +10,7 @@ the checks must run earlier, at `on_run_start`:
 
 from __future__ import annotations
 
+import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ class RunDirGuard(Callback):
         with read_write(config.hydra), open_dict(config.hydra):
             if resume and resume != "auto":
                 checkpoint = Path(str(resume)).expanduser()
-                if checkpoint.is_file() and checkpoint.parent.name == "checkpoints":
+                # Only a real checkpoint inside a run's checkpoints/ moves the run there.
+                if checkpoint.parent.name == "checkpoints" and zipfile.is_zipfile(checkpoint):
                     config.hydra.run.dir = str(checkpoint.resolve().parent.parent)
             # Resolve ${now:...} once, so the folder checked here is the folder Hydra creates.
             config.hydra.run.dir = str(config.hydra.run.dir)

@@ -39,21 +39,23 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
         if isinstance(cause, SegError):
             raise cause from None
         target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
-        reason = str(exc.__cause__ or exc).strip().splitlines()[-1]
+        lines = [line.strip() for line in str(exc.__cause__ or exc).splitlines()]
+        reason = next((line for line in reversed(lines) if len(line.strip("\"' .")) > 2), type(exc.__cause__).__name__)
         raise ConfigError(f"could not build the {what} ({target}): {reason}. Check the {what}.* options.") from None
 
 
-def resolve_device(spec: str) -> torch.device:
+def resolve_device(spec: str, key: str = "trainer.device") -> torch.device:
+    """`key`: the setting's name in the command's config (seg-eval and seg-predict call it `device`)."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise ConfigError(f"trainer.device={spec!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"{key}={spec!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={spec} but CUDA is not available here: use trainer.device=cpu or auto")
+        raise ConfigError(f"{key}={spec} but CUDA is not available here: use {key}=cpu or auto")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("trainer.device=mps but MPS is not available here: use trainer.device=cpu or auto")
+        raise ConfigError(f"{key}=mps but MPS is not available here: use {key}=cpu or auto")
     return device
 
 
@@ -113,11 +115,11 @@ def cpu_has_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, key: str = "trainer.precision") -> str:
     """`auto`: bf16 autocast where the hardware computes in bf16 (CUDA since Ampere, CPUs with
     AVX512-BF16/AMX), fp16 with a grad scaler on older GPUs, fp32 elsewhere."""
     if precision not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={precision!r}: expected one of {list(PRECISIONS)}")
+        raise ConfigError(f"{key}={precision!r}: expected one of {list(PRECISIONS)}")
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -127,8 +129,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "32"
 
 
-def build_amp(precision: str, device: torch.device) -> Amp:
-    resolved = resolve_precision(precision, device)
+def build_amp(precision: str, device: torch.device, key: str = "trainer.precision") -> Amp:
+    resolved = resolve_precision(precision, device, key)
     if resolved == "16" and device.type == "cpu":
         log.warning("trainer.precision=16 on the CPU is emulated and slow (measured 40x slower than bf16 "
                     "here); use trainer.precision=bf16 or 32")

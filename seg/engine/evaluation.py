@@ -62,9 +62,10 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     check_split(cfg.split)
     train_cfg = stored_config(ckpt, cfg.dataset, path)
     trainer = train_cfg.get("trainer", {})
-    device = builders.resolve_device(cfg.device)
+    device = builders.resolve_device(cfg.device, key="device")
     # NCHW: a plain model as users would deploy it (channels-last only changes speed, not results).
-    settings = StepSettings(device, builders.build_amp(str(cfg.precision or trainer.get("precision", "auto")), device))
+    precision = str(cfg.precision or trainer.get("precision", "auto"))
+    settings = StepSettings(device, builders.build_amp(precision, device, key="precision"))
     data = builders.build_data(train_cfg.dataset)
     dataset = data.dataset(cfg.split)
     model = builders.build(for_inference(train_cfg.model), "model")

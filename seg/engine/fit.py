@@ -62,8 +62,9 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     result = {"best_score": state.best_score if state.best_score is not None else math.nan,
               "best_epoch": state.best_epoch or 0, "epoch": state.epoch, "stopped_by": stopped_by, **state.metrics}
     (run.run_dir / "result.json").write_text(json.dumps(result, indent=1))
-    log.info("done: best %s=%s at epoch %s; checkpoints in %s", t.monitor, state.best_score, state.best_epoch,
-             run.ckpt_dir)
+    best = (f"best {t.monitor}={state.best_score:.4f} at epoch {state.best_epoch}" if state.best_score is not None
+            else "no validation yet")
+    log.info("%s: %s; checkpoints in %s", f"stopped by {stopped_by}" if stopped_by else "done", best, run.ckpt_dir)
     return result
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,8 @@ def load_predictor(cfg: DictConfig, ckpt: dict[str, Any], path: Path) -> Predict
             "seg-predict reads 1-channel (grey) or 3-channel (RGB) images. Score such models with seg-eval."
         )
     trainer = train_cfg.get("trainer", {})
-    device = builders.resolve_device(cfg.device)
-    amp = builders.build_amp(str(cfg.precision or trainer.get("precision", "auto")), device)
+    device = builders.resolve_device(cfg.device, key="device")
+    amp = builders.build_amp(str(cfg.precision or trainer.get("precision", "auto")), device, key="precision")
     model = builders.build(for_inference(train_cfg.model), "model")
     load_model_state(model, ckpt["model"], path)
     image_size = train_cfg.dataset.get("image_size")
@@ -138,10 +139,41 @@ def default_out_dir(ckpt: Path, source: Path) -> Path:
     return ckpt.parent / f"predictions-{name}"
 
 
-def run_predict(cfg: DictConfig) -> dict[str, Any]:
-    path, source = Path(cfg.ckpt).expanduser(), Path(cfg.input).expanduser()
+def mask_paths(files: list[Path], root: Path) -> list[Path]:
+    """`masks/<relative path>.png`; files that would share one (x.png and x.jpg) keep their suffix in
+    the name (x_png.png, x_jpg.png) instead of overwriting each other."""
+    plain = [f.relative_to(root).with_suffix(".png") for f in files]
+    counts = Counter(plain)
+    return [p if counts[p] == 1 else p.with_name(f"{f.stem}_{f.suffix.lstrip('.').lower()}.png")
+            for p, f in zip(plain, files)]
+
+
+def page_count(path: Path) -> int:
+    """Frames in a multi-page file (a TIFF stack); 1 for anything PIL cannot count."""
+    try:
+        with Image.open(path) as image:
+            return int(getattr(image, "n_frames", 1))
+    except (OSError, ValueError, SyntaxError):
+        return 1
+
+
+def _check_settings(cfg: DictConfig) -> None:
     if not 0.0 < float(cfg.threshold) < 1.0:
         raise ConfigError(f"threshold must lie in (0, 1), got {cfg.threshold}")
+    if cfg.batch_size is not None and int(cfg.batch_size) < 1:
+        raise ConfigError(f"batch_size must be >= 1 (or null for 16), got {cfg.batch_size}")
+
+
+def _make_out_dir(out: Path) -> None:
+    try:
+        (out / "masks").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write to out_dir={out}: {exc.strerror or exc}; choose another out_dir") from None
+
+
+def run_predict(cfg: DictConfig) -> dict[str, Any]:
+    path, source = Path(cfg.ckpt).expanduser(), Path(cfg.input).expanduser()
+    _check_settings(cfg)
     form = None if cfg.submission is None else str(getattr(cfg.submission, "value", cfg.submission))
     encode = ENCODERS[form] if form is not None else None
     ckpt = load_checkpoint(path)
@@ -151,28 +183,42 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
                           f"{predictor.n_classes} classes; leave submission=null (PNG masks hold the class ids)")
     files = find_inputs(source, bool(cfg.recursive))
     out = Path(cfg.out_dir).expanduser() if cfg.out_dir else default_out_dir(path, source)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    root = source if source.is_dir() else source.parent
+    _make_out_dir(out)
+    targets = dict(zip(files, mask_paths(files, source if source.is_dir() else source.parent)))
     rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    stacks = [f.name for f in files if f.suffix.lower() in (".tif", ".tiff", ".gif") and page_count(f) > 1]
+    if stacks:
+        log.warning("%d file(s) hold several pages; only the first page of each is predicted: %s", len(stacks),
+                    ", ".join(stacks[:5]))
     # Images of one size form a batch; native-size models take one image at a time.
     step = int(cfg.batch_size or 16) if predictor.size else 1
     for start in range(0, len(files), step):
-        part = files[start : start + step]
-        images = [read_input(f, predictor.channels) for f in part]
-        for file, mask in zip(part, predictor(images, float(cfg.threshold), bool(cfg.tta))):
-            target = out / "masks" / file.relative_to(root).with_suffix(".png")
+        part, images = [], []
+        for file in files[start : start + step]:
+            try:  # one unreadable file in a large folder is reported, not fatal
+                images.append(read_input(file, predictor.channels))
+                part.append(file)
+            except DatasetError as exc:
+                skipped.append(f"{file} ({str(exc).split(': ', 1)[-1]})")
+        for file, mask in zip(part, predictor(images, float(cfg.threshold), bool(cfg.tta)) if images else []):
+            target = out / "masks" / targets[file]
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(mask * 255 if predictor.n_classes == 1 else mask).save(target)
             rows.append({"input": str(file), "mask": str(target.relative_to(out)), "height": mask.shape[0],
                          "width": mask.shape[1], "foreground_pixels": int((mask > 0).sum()),
                          "rle": encode(mask) if encode is not None else None})
         log.info("predicted %d/%d", len(rows), len(files))
+    if skipped:
+        log.warning("skipped %d unreadable file(s): %s", len(skipped), "; ".join(skipped[:5]))
+    if not rows:
+        raise DatasetError(f"none of the {len(files)} image(s) under {source} could be read: {skipped[0]}")
     _write_rows(out / "predictions.csv", rows)
     if form is not None:
         _write_submission(out / "submission.csv", rows)
     log.info("wrote %d mask(s)%s to %s (checkpoint sha256=%s)", len(rows),
              " and submission.csv" if form else "", out, sha256(path))
-    return {"out_dir": str(out), "n_images": len(rows)}
+    return {"out_dir": str(out), "n_images": len(rows), "skipped": len(skipped)}
 
 
 def _write_rows(target: Path, rows: list[dict[str, Any]]) -> None:
@@ -185,6 +231,10 @@ def _write_rows(target: Path, rows: list[dict[str, Any]]) -> None:
 
 def _write_submission(target: Path, rows: list[dict[str, Any]]) -> None:
     """Kaggle's `ImageId,EncodedPixels` (SIIM: the id is the DICOM's file stem, `-1` when empty)."""
+    stems = Counter(Path(row["input"]).stem for row in rows)
+    twice = sorted(stem for stem, n in stems.items() if n > 1)
+    if twice:
+        log.warning("submission.csv has %d ImageId(s) from several files each: %s", len(twice), ", ".join(twice[:5]))
     with open(target, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["ImageId", "EncodedPixels"])

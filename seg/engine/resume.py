@@ -101,17 +101,22 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], gro
         OmegaConf.update(merged, key, OmegaConf.select(given, key), force_add=True)
     chosen = [o for o, k in zip(overrides, keys) if k in groups]
     if chosen:
-        # The nodes those choices build (a recipe builds them all) must come out as stored.
+        # What a choice selects is its nodes' `_target_`s (a recipe selects them all): those must match
+        # the run. Their other values are the stored run's (its own key=value overrides included).
         nodes = {n for k in keys if k in groups for n in (RUN_GROUPS if k == "experiment" else (k,))}
         others = [k for k in composed if k not in nodes]
         merged_plain = OmegaConf.to_container(merged)
         changed = differences(merged_plain, composed, skip=(*others, *ROUTINE))  # type: ignore[arg-type]
-        if changed:
+        targets = [c for c in changed if c.split(" ", 1)[0].endswith("._target_")]
+        if targets:
             raise ConfigError(
                 f"resume continues the run with the config stored in {path.name}; {' '.join(chosen)} would change "
-                f"{_shown(changed)}. Drop the group choices (keep key=value overrides such as trainer.epochs=40), "
+                f"{_shown(targets)}. Drop the group choices (keep key=value overrides such as trainer.epochs=40), "
                 "or start a new run"
             )
+        if changed:
+            log.warning("resume: %s selects settings that differ from the stored run's; the stored ones are kept: "
+                        "%s (name a key=value to change one)", " ".join(chosen), _shown(changed))
     changed = differences(stored, OmegaConf.to_container(merged), skip=INVOCATION_KEYS)  # type: ignore[arg-type]
     if changed:
         notable = differences(stored, OmegaConf.to_container(merged), skip=(*INVOCATION_KEYS, *ROUTINE))  # type: ignore[arg-type]

@@ -93,8 +93,9 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     resume_path = find_resume(cfg.resume, run_dir)
     if resume_path is None:
         refuse_earlier_checkpoints(run_dir)
-    if resume_path is not None and cfg.resume != "auto":
+    if resume_path is not None and cfg.resume != "auto" and resume_path.parent.name == "checkpoints":
         run_dir = resume_path.parent.parent  # continue the same run directory and TensorBoard run
+    # A loose copy (backup/old.pt) continues in this invocation's own folder, never in its parent's.
     seed_everything(cfg.seed)
     device = builders.resolve_device(t.device)
     if device.type == "cuda":
@@ -112,6 +113,12 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
         )
     loss_fn = builders.build(cfg.loss, "loss")
     _check_loss_fits(loss_fn, train_ds[0], data.n_classes)
+    kaggle = bool(getattr(data, "kaggle_metric", False))
+    val_metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names, kaggle=kaggle)
+    names = SegMetrics(n_classes=data.n_classes, class_names=data.class_names, kaggle=kaggle).compute()  # empty
+    monitors = sorted({f"val/{k}" for k in names} | {"val/loss"})
+    if t.monitor not in monitors:
+        raise ConfigError(f"trainer.monitor={t.monitor!r} is not a validation metric; available: {monitors}")
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume_path is not None:
         _check_same_split(run_dir / "split.json", split)
@@ -124,7 +131,6 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
         model = model.to(memory_format=torch.channels_last)
     optimizer = builders.build_optimizer(cfg.optimizer, model, device)
     loaders = {"pin_memory": t.pin_memory, "prefetch_factor": t.prefetch_factor, "num_workers": t.num_workers}
-    kaggle = bool(getattr(data, "kaggle_metric", False))
     run = Run(
         cfg=cfg, run_dir=run_dir, mode=mode, amp=amp,
         step=StepSettings(device, amp, channels_last, t.grad_clip_norm, t.grad_clip_value),
@@ -138,7 +144,7 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
                                            drop_last=True, **loaders),
         val_loader=builders.build_loader(val_ds, batch_size=t.batch_size, device=device, **loaders),
         train_metrics=SegMetrics(n_classes=data.n_classes, class_names=data.class_names),
-        val_metrics=SegMetrics(n_classes=data.n_classes, class_names=data.class_names, kaggle=kaggle),
+        val_metrics=val_metrics,
         # Previews before any restore: random-crop datasets draw from the RNG when their items are taken.
         previews={split: Preview(ds, data.preview_indices(split, t.preview_images), data.n_classes)
                   for split, ds in (("val", val_ds), ("train", train_ds))},

@@ -30,6 +30,8 @@ def plateau(
 def cosine(
     optimizer: Optimizer, *, epochs: int, mode: str = "max", warmup_epochs: int = 1, min_lr: float = 0.0
 ) -> LRScheduler:
+    if warmup_epochs < 0 or min_lr < 0:
+        raise ValueError(f"warmup_epochs and min_lr must be >= 0, got {warmup_epochs} and {min_lr}")
     base = [g["lr"] for g in optimizer.param_groups]
     ratio = [min_lr / b if b > 0 else 0.0 for b in base]
 
@@ -44,4 +46,6 @@ def cosine(
 
 
 def poly(optimizer: Optimizer, *, epochs: int, mode: str = "max", power: float = 0.9) -> LRScheduler:
+    if power <= 0:
+        raise ValueError(f"power must be > 0, got {power}")
     return LambdaLR(optimizer, lambda e: max(0.0, 1 - e / max(1, epochs)) ** power)

@@ -137,10 +137,11 @@ def test_resume_after_an_interrupt_is_exact(tmp_path: Path, workers: int, stop_a
         assert resumed == straight and len(straight) == 3, tag
 
 
-def test_unknown_monitor_names_the_available_metrics(tmp_path: Path) -> None:
-    cfg = compose_cfg(["trainer.monitor=val/accuracy", "trainer.epochs=1"], tmp_path)
-    with pytest.raises(ConfigError, match="val/dice"):
-        fit(cfg, tmp_path)
+def test_unknown_monitor_names_the_available_metrics_before_writing(tmp_path: Path) -> None:
+    cfg = compose_cfg(["trainer.monitor=val/dise", "trainer.epochs=1"], tmp_path / "run")
+    with pytest.raises(ConfigError, match="val/dice_per_image"):
+        fit(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_from_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ flip-equivariant, DICOM + Kaggle submission round trip, clear errors."""
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,42 @@ def test_user_errors(tmp_path: Path) -> None:
     (tmp_path / "empty" / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(DatasetError, match="broken.png"):
         run_predict(predict_cfg(ckpt=str(tmp_path / "ok.pt"), input=str(tmp_path / "empty")))
+
+
+def test_a_folder_with_twins_a_bad_file_and_a_stack(tmp_path: Path, caplog) -> None:
+    """x.png and x.jpg keep one mask each; an unreadable file is skipped and named; a TIFF stack is
+    predicted on its first page, with a warning."""
+    save_model(tmp_path / "model.pt", in_channels=3, n_classes=1)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "x.png")
+    Image.fromarray(np.zeros((30, 10, 3), np.uint8)).save(folder / "x.jpg")
+    (folder / "bad.png").write_bytes(b"\x89PNG broken")
+    pages = [Image.fromarray(np.full((12, 16), v, np.uint8)) for v in (0, 255)]
+    pages[0].save(folder / "stack.tif", save_all=True, append_images=pages[1:])
+    with caplog.at_level(logging.WARNING, logger="seg"):
+        result = run_predict(predict_cfg(ckpt=str(tmp_path / "model.pt"), input=str(folder),
+                                         out_dir=str(tmp_path / "out"), submission="relative"))
+    assert result["n_images"] == 3 and result["skipped"] == 1
+    masks = tmp_path / "out" / "masks"
+    assert np.asarray(Image.open(masks / "x_png.png")).shape == (20, 20)
+    assert np.asarray(Image.open(masks / "x_jpg.png")).shape == (30, 10)
+    assert np.asarray(Image.open(masks / "stack.png")).shape == (12, 16)
+    assert "skipped 1 unreadable file(s)" in caplog.text and "bad.png" in caplog.text
+    assert "only the first page" in caplog.text and "stack.tif" in caplog.text
+    assert "ImageId(s) from several files" in caplog.text
+    assert len(list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))) == 3
+
+
+def test_settings_and_out_dir_errors_come_before_any_writing(tmp_path: Path) -> None:
+    save_model(tmp_path / "model.pt", in_channels=3, n_classes=1)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    common = {"ckpt": str(tmp_path / "model.pt"), "input": str(tmp_path / "a.png"), "out_dir": str(tmp_path / "o")}
+    for bad in (-2, 0):
+        with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+            run_predict(predict_cfg(**common, batch_size=bad))
+    assert not (tmp_path / "o").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should go")
+    with pytest.raises(ConfigError, match="cannot write to out_dir"):
+        run_predict(predict_cfg(**{**common, "out_dir": str(blocker / "sub")}))

@@ -50,9 +50,13 @@ def test_changing_what_the_run_is_warns(run: Path, caplog) -> None:
     assert any(r.levelno == logging.WARNING and "optimizer.lr (0.003 -> 0.01)" in r.message for r in caplog.records)
 
 
-def test_group_choices_may_repeat_the_run_but_not_change_it(run: Path) -> None:
+def test_group_choices_may_repeat_the_run_but_not_change_it(run: Path, caplog) -> None:
     same = resume(run, ["resume=auto", "loss=bce", *[o for o in ORIGINAL if o != "loss=bce"]])
     assert same.loss._target_ == "seg.losses.BCELoss"
+    # Repeating the choice without the run's own model.wf=2: the stored settings stay, with a warning.
+    with caplog.at_level(logging.WARNING, logger="seg"):
+        repeated = resume(run, ["resume=auto", "model=unet"])
+    assert repeated.model.wf == 2 and "the stored ones are kept" in caplog.text and "model.wf (2 -> 5)" in caplog.text
     with pytest.raises(ConfigError, match=r"model=segnet would change model\._target_"):
         resume(run, ["resume=auto", "model=segnet"])
     with pytest.raises(ConfigError, match="deleting a key"):
@@ -107,3 +111,19 @@ def test_nothing_to_train_says_so(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="seg"):
         result = fit(compose_cfg(["trainer.epochs=1", "resume=auto"], tmp_path), tmp_path)
     assert result["epoch"] == 1 and "nothing to train" in caplog.text and "trainer.epochs=11" in caplog.text
+
+
+def test_a_loose_checkpoint_resumes_in_this_runs_folder_not_its_parents(run: Path, tmp_path: Path) -> None:
+    """backup/old.pt next to another run's checkpoints/: that run's files stay as they are."""
+    other = tmp_path / "other"
+    (other / "backup").mkdir(parents=True)
+    (other / "checkpoints").mkdir()
+    (other / "checkpoints" / "best.pt").write_bytes(b"another run's checkpoint")
+    loose = other / "backup" / "old.pt"
+    loose.write_bytes((run / "checkpoints" / "last.pt").read_bytes())
+    here = tmp_path / "here"
+    cfg = resume(here, [f"resume={loose}", "trainer.epochs=2"])
+    fit(cfg, here)
+    assert (other / "checkpoints" / "best.pt").read_bytes() == b"another run's checkpoint"
+    assert sorted(p.name for p in (other / "checkpoints").iterdir()) == ["best.pt"]
+    assert load_checkpoint(here / "checkpoints" / "last.pt")["epoch"] == 2
