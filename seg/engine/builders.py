@@ -105,8 +105,9 @@ def _call(factory: Any, what: str, *args: Any, **kwargs: Any) -> Any:
     """Complete a `_partial_` config; a bad value (lr=abc, a negative momentum) is a config error."""
     try:
         return factory(*args, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid {what} settings {dict(factory.keywords)}: {exc}") from None
+    except (TypeError, ValueError, IndexError) as exc:  # IndexError: betas=[0.9] (one value of two)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"invalid {what} settings {dict(factory.keywords)}: {reason}") from None
 
 
 def cpu_has_bf16() -> bool:

@@ -119,10 +119,8 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     monitors = sorted({f"val/{k}" for k in names} | {"val/loss"})
     if t.monitor not in monitors:
         raise ConfigError(f"trainer.monitor={t.monitor!r} is not a validation metric; available: {monitors}")
-    run_dir.mkdir(parents=True, exist_ok=True)
     if resume_path is not None:
         _check_same_split(run_dir / "split.json", split)
-    write_split(run_dir / "split.json", split)
     log.info("data: %s train / %s val items, %s channel(s), classes %s", len(train_ds), len(val_ds),
              data.in_channels, data.class_names)
 
@@ -149,6 +147,9 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
         previews={split: Preview(ds, data.preview_indices(split, t.preview_images), data.n_classes)
                   for split, ds in (("val", val_ds), ("train", train_ds))},
     )  # fmt: skip
+    # Everything is built: only now does the run folder get its first file.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_split(run_dir / "split.json", split)
     if resume_path is not None:
         run.state = restore(run, resume_path)
         log.info("resumed from %s at epoch %d (%d samples seen)", resume_path, run.state.epoch, run.state.samples_seen)

@@ -182,3 +182,13 @@ def test_a_loss_that_does_not_fit_the_data_fails_before_the_run_folder_is_writte
     with pytest.raises(ConfigError, match=message):
         fit(compose_cfg([f"loss={loss}"], tmp_path / "run"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, message", [("optimizer.betas=[0.9]", "invalid optimizer settings"),
+                                               ("augmentation.hflip_p=2", "hflip_p")])
+def test_a_bad_optimizer_or_augmentation_fails_before_the_run_folder_is_written(
+    tmp_path: Path, override: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        fit(compose_cfg([override], tmp_path / "run"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
