@@ -5,11 +5,13 @@ the checks must run earlier, at `on_run_start`:
 - a new run aimed at a folder that already holds checkpoints stops here (exit 2), leaving that run's
   `.hydra/` record as it was;
 - `resume=PATH/checkpoints/last.pt` runs in that run's own folder (its train.log goes on there);
+- a resume that cannot start (not a checkpoint, another model class, bad values) stops here too;
 - a resumed invocation records its config under `.hydra/resume-<time>/`, keeping the original.
 """
 
 from __future__ import annotations
 
+import copy
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -35,11 +37,26 @@ class RunDirGuard(Callback):
             # Resolve ${now:...} once, so the folder checked here is the folder Hydra creates.
             config.hydra.run.dir = str(config.hydra.run.dir)
             run_dir = Path(config.get("run_dir") or config.hydra.run.dir)
-            if resume:
-                if (Path(config.hydra.run.dir) / ".hydra").is_dir():
-                    config.hydra.output_subdir = f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}"
-                return
             try:
-                refuse_earlier_checkpoints(run_dir)
+                if resume:
+                    _check_resume(config, run_dir)
+                else:
+                    refuse_earlier_checkpoints(run_dir)
             except SegError as exc:
                 fail("seg-train", str(exc))
+            if resume and (Path(config.hydra.run.dir) / ".hydra").is_dir():
+                config.hydra.output_subdir = f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+
+
+def _check_resume(config: DictConfig, run_dir: Path) -> None:
+    """What can be checked without the data (the checkpoint file, group choices, the merged config's
+    values), so a resume that cannot start leaves no record in the run's folder."""
+    from seg.config import check_train_config
+    from seg.engine.resume import resumed_config
+
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    overrides = list(config.hydra.overrides.task)
+    merged = resumed_config(task, run_dir, overrides, groups=set(config.hydra.runtime.choices), quiet=True)
+    check_train_config(merged)

@@ -81,12 +81,15 @@ def _shown(items: list[str]) -> str:
     return ", ".join(items[:CHANGES_SHOWN]) + more
 
 
-def resumed_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], groups: Collection[str]) -> DictConfig:
+def resumed_config(
+    cfg: DictConfig, run_dir: Path, overrides: Sequence[str], groups: Collection[str], quiet: bool = False
+) -> DictConfig:
     """The checkpoint's stored config with the command line's `key=value` overrides on top.
 
     `cfg` is the config composed from this command line, `overrides` its override strings and
     `groups` the config-group names (so `model=segnet` is told apart from `seed=3`). The checkpoint
-    is read here, before anything is written, so a wrong file fails first."""
+    is read here, before anything is written, so a wrong file fails first. `quiet`: check only,
+    without logging the differences (seg-train's early check; the run logs them once)."""
     path = find_resume(cfg.resume, run_dir)
     assert path is not None
     ckpt = load_checkpoint(path)
@@ -114,11 +117,11 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], gro
                 f"{_shown(targets)}. Drop the group choices (keep key=value overrides such as trainer.epochs=40), "
                 "or start a new run"
             )
-        if changed:
+        if changed and not quiet:
             log.warning("resume: %s selects settings that differ from the stored run's; the stored ones are kept: "
                         "%s (name a key=value to change one)", " ".join(chosen), _shown(changed))
     changed = differences(stored, OmegaConf.to_container(merged), skip=INVOCATION_KEYS)  # type: ignore[arg-type]
-    if changed:
+    if changed and not quiet:
         notable = differences(stored, OmegaConf.to_container(merged), skip=(*INVOCATION_KEYS, *ROUTINE))  # type: ignore[arg-type]
         report = log.warning if notable else log.info
         report("resuming with settings changed from the stored run: %s", _shown(changed))

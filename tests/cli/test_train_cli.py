@@ -36,6 +36,9 @@ def test_refused_and_resumed_runs_keep_the_runs_own_record(tmp_path: Path) -> No
 
     changed = run("seg-train", "resume=auto", "hydra.run.dir=r", "model=segnet", "trainer.epochs=3", cwd=tmp_path)
     assert_user_error(changed, "model=segnet would change model._target_")
+    zero = run("seg-train", "resume=auto", "hydra.run.dir=r", "trainer.epochs=0", cwd=tmp_path)
+    assert_user_error(zero, "trainer.epochs=0 must be an integer >= 1")
+    assert len(list(hydra_dir.glob("resume-*"))) == 1  # refused resumes leave no record in the run
 
 
 def test_a_sweep_reports_a_failed_job_and_runs_the_others(tmp_path: Path) -> None:
