@@ -29,9 +29,18 @@ python3 -m seg.cli.train trainer.device=$DEVICE trainer.epochs=2 trainer.precisi
   2>&1 | tee "$OUT/train-fp16.log" | tail -n 2
 python3 -m seg.cli.evaluate ckpt=$RUNS/run-bf16/checkpoints/best.pt split=val device=$DEVICE out_dir=$RUNS/eval \
   2>&1 | tee "$OUT/eval.log" | tail -n 8
-cp "$RUNS/eval/metrics.json" "$OUT/eval-metrics.json"
+cat "$RUNS/eval/metrics.json" >> "$OUT/eval.log"
 
-# 2. The benchmark with and without torch.compile.
+# 2. seg-predict on the device, and whether a mid-epoch resume is exact there (default kernels, then
+#    trainer.deterministic=true).
+{
+  python3 -m seg.cli.predict ckpt=$RUNS/run-bf16/checkpoints/best.pt input=$RUNS/eval/overlays device=$DEVICE \
+    tta=true out_dir=$RUNS/pred 2>&1 | tail -n 2
+  python3 scripts/resume_check.py --device $DEVICE 2>&1 | tail -n 1 || true
+  python3 scripts/resume_check.py --device $DEVICE --deterministic 2>&1 | tail -n 1 || true
+} 2>&1 | tee "$OUT/checks.log"
+
+# 3. The benchmark with and without torch.compile.
 python3 scripts/benchmark.py dataset=synthetic model=unet $BENCH_CONFIG trainer.device=$DEVICE \
   trainer.precision=bf16 trainer.channels_last=true trainer.compile=$COMPILE $BENCH_ARGS \
   --json "$OUT/bench-gpu-unet.json" 2>&1 | tee "$OUT/bench-gpu-unet.txt" | tail -n 25

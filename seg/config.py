@@ -46,6 +46,7 @@ class TrainerConfig:
     compile: bool = False
     compile_backend: str = "inductor"  # aot_eager checks the compiled path quickly on a CPU
     cudnn_benchmark: bool = True
+    deterministic: bool = False  # bit-identical reruns and resumes on GPUs too, with slower kernels
     grad_clip_norm: Optional[float] = None
     grad_clip_value: Optional[float] = None
     early_stopping: Optional[int] = None  # patience, in validations without improvement

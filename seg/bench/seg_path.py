@@ -25,8 +25,7 @@ class SegRun:
     def __init__(self, cfg: DictConfig, data: SegDataModule, device: torch.device) -> None:
         t = cfg.trainer
         self.cfg, self.t, self.data, self.device = cfg, t, data, device
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
+        builders.set_determinism(bool(t.deterministic), bool(t.cudnn_benchmark), device)
         self.amp = builders.build_amp(str(t.precision), device)
         self.channels_last = builders.resolve_channels_last(t.channels_last, self.amp)
         self.settings = StepSettings(device, self.amp, self.channels_last, t.grad_clip_norm, t.grad_clip_value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from typing import Any
 
 import torch
@@ -57,6 +58,17 @@ def resolve_device(spec: str, key: str = "trainer.device") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"{key}=mps but MPS is not available here: use {key}=cpu or auto")
     return device
+
+
+def set_determinism(deterministic: bool, cudnn_benchmark: bool, device: torch.device) -> None:
+    """On a GPU, cuDNN's autotuner and kernels that add with atomics make two runs of the same seed
+    differ in the last bits (CPU kernels are deterministic already). `deterministic` trades speed
+    for bit-identical reruns and resumes; ops without a deterministic kernel warn instead of failing."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic and device.type == "cuda"
 
 
 def build_data(node: DictConfig) -> SegDataModule:

@@ -98,8 +98,7 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     # A loose copy (backup/old.pt) continues in this invocation's own folder, never in its parent's.
     seed_everything(cfg.seed)
     device = builders.resolve_device(t.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
+    builders.set_determinism(bool(t.deterministic), bool(t.cudnn_benchmark), device)
     amp = builders.build_amp(str(t.precision), device)
     channels_last = builders.resolve_channels_last(t.channels_last, amp)
 

@@ -129,3 +129,25 @@ def test_fused_optimizers_are_chosen_for_cuda_and_run() -> None:
             optimizer = factory(model.parameters(), fused=True)
             model(torch.randn(4, 3)).sum().backward()
             optimizer.step()
+
+
+def test_deterministic_sets_the_torch_flags_and_a_default_run_clears_them(tmp_path: Path) -> None:
+    import seg.engine.run as run_module
+
+    seen = {}
+    real = run_module.builders.build_model
+
+    def spy(*args, **kwargs):  # the flags as the model is built, mid start_run
+        seen[len(seen)] = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                           torch.backends.cudnn.benchmark)
+        return real(*args, **kwargs)
+
+    run_module.builders.build_model = spy
+    try:
+        fit(compose_cfg(["trainer.epochs=1", "trainer.deterministic=true"], tmp_path / "a"), tmp_path / "a")
+        fit(compose_cfg(["trainer.epochs=1"], tmp_path / "b"), tmp_path / "b")
+    finally:
+        run_module.builders.build_model = real
+    assert seen[0] == (True, True, False)
+    assert seen[1] == (False, False, False)  # benchmark only ever on CUDA
+    assert not torch.are_deterministic_algorithms_enabled()
