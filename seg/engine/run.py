@@ -85,8 +85,9 @@ def refuse_earlier_checkpoints(run_dir: Path) -> None:
 
 
 def start_run(cfg: DictConfig, run_dir: Path) -> Run:
-    """Check the run folder, build data, model, loss, augmentation, optimizer, scheduler, loaders and
-    metrics, and restore a checkpoint when resuming."""
+    """Check the config and the run folder, build data, loss, model, augmentation, optimizer, scheduler,
+    loaders and metrics (any of them can still refuse the config), then write the split and restore a
+    checkpoint when resuming: a failure before that point leaves the run folder untouched."""
     check_train_config(cfg)
     t = cfg.trainer
     mode = str(getattr(t.monitor_mode, "value", t.monitor_mode))
@@ -143,8 +144,8 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
         train_metrics=SegMetrics(n_classes=data.n_classes, class_names=data.class_names),
         val_metrics=val_metrics,
         # Previews before any restore: random-crop datasets draw from the RNG when their items are taken.
-        previews={split: Preview(ds, data.preview_indices(split, t.preview_images), data.n_classes)
-                  for split, ds in (("val", val_ds), ("train", train_ds))},
+        previews={name: Preview(ds, data.preview_indices(name, t.preview_images), data.n_classes)
+                  for name, ds in (("val", val_ds), ("train", train_ds))},
     )  # fmt: skip
     # Everything is built: only now does the run folder get its first file.
     run_dir.mkdir(parents=True, exist_ok=True)
