@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 import seg
+from seg.data.io import share_like_umask
 from seg.errors import CheckpointError
 
 REQUIRED_KEYS = ("model", "config", "epoch")
@@ -47,6 +48,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        share_like_umask(Path(tmp))
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()

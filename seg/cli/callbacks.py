@@ -36,6 +36,9 @@ class RunDirGuard(Callback):
                     config.hydra.run.dir = str(checkpoint.resolve().parent.parent)
             # Resolve ${now:...} once, so the folder checked here is the folder Hydra creates.
             config.hydra.run.dir = str(config.hydra.run.dir)
+            chosen = any(o.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in config.hydra.overrides.hydra)
+            if not resume and not chosen:
+                config.hydra.run.dir = str(_claim(Path(config.hydra.run.dir)))
             run_dir = Path(config.get("run_dir") or config.hydra.run.dir)
             try:
                 if resume:
@@ -60,3 +63,17 @@ def _check_resume(config: DictConfig, run_dir: Path) -> None:
     overrides = list(config.hydra.overrides.task)
     merged = resumed_config(task, run_dir, overrides, groups=set(config.hydra.runtime.choices), quiet=True)
     check_train_config(merged)
+
+
+def _claim(folder: Path) -> Path:
+    """The timestamped default folder, created here and now: mkdir fails if it exists, so two runs
+    started in the same second get `<time>` and `<time>-1` instead of training into one folder."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        candidate = folder if n == 0 else folder.with_name(f"{folder.name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise SystemExit(f"seg-train: error: cannot find a free run folder next to {folder}")

@@ -6,9 +6,12 @@ import contextlib
 import difflib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
@@ -44,6 +47,40 @@ def user_errors(prog: str) -> Iterator[None]:
         _fail(prog, f"missing required config value {key}: set it on the command line, e.g. {key}=...")
     except OmegaConfBaseException as exc:
         _fail(prog, f"invalid configuration: {str(exc).splitlines()[0]}")
+    except OSError as exc:  # a path that cannot be written or read: the file system's own words
+        _fail(prog, describe_os_error(exc))
+
+
+def describe_os_error(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    hint = "check that the path exists, is a folder where one is expected and is writable"
+    return f"{exc.strerror or exc}{where} ({hint})"
+
+
+@contextlib.contextmanager
+def interrupts(prog: str) -> Iterator[None]:
+    """SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so temporary files are cleaned up; either
+    ends in one line and exit code 128 + signal, not a traceback. Training installs its own graceful
+    handler on top (save, then stop) while it runs."""
+    received = {"signal": signal.SIGINT}
+
+    def terminate(signum: int, frame: Any) -> None:
+        received["signal"] = signal.Signals(signum)
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        logging.shutdown()
+        name = received["signal"].name
+        print(f"{prog}: stopped by {name}; files already written (checkpoints, masks, reports) are kept",
+              file=sys.stderr)
+        raise SystemExit(128 + received["signal"].value) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -64,6 +101,8 @@ def hydra_errors(prog: str) -> Iterator[None]:
         if previous == "1":
             raise
         _fail(prog, f"{describe_hydra_error(exc)} (see `{prog} --help`)")
+    except OSError as exc:  # Hydra creating the run folder (hydra.run.dir is a file, not writable)
+        _fail(prog, describe_os_error(exc))
     finally:
         if previous is None:
             os.environ.pop(FULL_ERROR, None)

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from seg.cli.common import EXIT_USER_ERROR, config_dir, hydra_errors, user_errors
+from seg.cli.common import EXIT_USER_ERROR, config_dir, hydra_errors, interrupts, user_errors
 from seg.errors import SegError
 
 log = logging.getLogger("seg")
@@ -54,13 +54,8 @@ def _train(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    try:
-        with hydra_errors(PROG):
-            _train()
-    except KeyboardInterrupt:
-        print(f"{PROG}: stopped at once by a second interrupt; checkpoints/last.pt holds the last saved state",
-              file=sys.stderr)
-        raise SystemExit(128 + signal.SIGINT.value) from None
+    with interrupts(PROG), hydra_errors(PROG):  # a signal before training, or a second one during it
+        _train()
     if _sweep_failures:
         print(f"{PROG}: error: {len(_sweep_failures)} sweep job(s) failed:\n  " + "\n  ".join(_sweep_failures),
               file=sys.stderr)

@@ -23,6 +23,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from seg.data.io import share_like_umask
+from seg.errors import ConfigError
+
 CACHE_VERSION = 1
 
 
@@ -78,6 +81,7 @@ def build_or_load(
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=root))
     try:
+        share_like_umask(tmp, directory=True)
         _write_arrays(tmp, ids, load, weight_fn, desc or f"decoding {name}")
         (tmp / "meta.json").write_text(json.dumps(dict(fields), indent=1, default=str))
         try:
@@ -127,7 +131,10 @@ def _write_arrays(
 
 def decode_workers() -> int:
     """Threads that decode while the cache is built (`SEG_DECODE_WORKERS` to change)."""
-    return max(1, int(os.environ.get("SEG_DECODE_WORKERS", min(8, os.cpu_count() or 1))))
+    value = os.environ.get("SEG_DECODE_WORKERS", str(min(8, os.cpu_count() or 1)))
+    if not value.strip().isdigit():
+        raise ConfigError(f"SEG_DECODE_WORKERS={value!r} must be a whole number of threads (e.g. 4)")
+    return max(1, int(value))
 
 
 def _ordered(pool: ThreadPoolExecutor, fn: Callable[[str], Any], ids: list[str], window: int) -> Iterator[Any]:

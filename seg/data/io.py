@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from seg.errors import DatasetError
+
+
+def share_like_umask(path: Path, directory: bool = False) -> None:
+    """Give a file or folder made by mkstemp/mkdtemp (always 0600/0700) the permissions the user's
+    umask gives new files, so teammates can read shared caches and checkpoints as with any file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 

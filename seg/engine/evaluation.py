@@ -14,10 +14,11 @@ from torch.utils.data import Subset
 
 from seg.checkpoint import load_checkpoint, load_model_state, sha256
 from seg.data.base import check_split
+from seg.data.cache import default_cache_dir
 from seg.engine import builders
 from seg.engine.loop import StepSettings, evaluate
 from seg.engine.preview import Preview, _safe_tag
-from seg.errors import CheckpointError
+from seg.errors import CheckpointError, ConfigError
 from seg.logger.overlay import save_png
 from seg.metrics import SegMetrics, per_image_stats
 
@@ -39,6 +40,8 @@ def stored_config(ckpt: dict[str, Any], dataset_overrides: Any, path: Path) -> D
             f"{path} carries no usable training config (dataset/model/loss); was it written by seg-train?"
         )
     cfg = OmegaConf.create(config)
+    if "cache_dir" in cfg.dataset:  # this machine's cache (SEG_CACHE_DIR), not the training machine's
+        cfg.dataset.cache_dir = str(default_cache_dir())
     if dataset_overrides:
         cfg.dataset = OmegaConf.merge(cfg.dataset, dataset_overrides)
     return cfg
@@ -60,6 +63,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     ckpt = load_checkpoint(path)
     digest = sha256(path)
     check_split(cfg.split)
+    if cfg.n_overlays < 0:
+        raise ConfigError(f"n_overlays must be >= 0, got {cfg.n_overlays}")
     train_cfg = stored_config(ckpt, cfg.dataset, path)
     trainer = train_cfg.get("trainer", {})
     device = builders.resolve_device(cfg.device, key="device")
@@ -109,6 +114,8 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def _save_overlays(cfg: DictConfig, rows: list[dict[str, Any]], dataset: Any, n_classes: int,
                    model: torch.nn.Module, settings: StepSettings, folder: Path) -> int:
     choice = str(getattr(cfg.overlays, "value", cfg.overlays))
+    for old in folder.glob("*.png") if folder.is_dir() else []:  # an earlier seg-eval's ranks and scores
+        old.unlink()
     if choice == "none" or not rows:
         return 0
     chosen = rows if choice == "all" else sorted(rows, key=lambda r: r["dice"])[: max(0, cfg.n_overlays)]

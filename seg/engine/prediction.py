@@ -205,8 +205,9 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
             target = out / "masks" / targets[file]
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(mask * 255 if predictor.n_classes == 1 else mask).save(target)
+            counts = np.bincount(mask.ravel(), minlength=max(2, predictor.n_classes))
             rows.append({"input": str(file), "mask": str(target.relative_to(out)), "height": mask.shape[0],
-                         "width": mask.shape[1], "foreground_pixels": int((mask > 0).sum()),
+                         "width": mask.shape[1], "class_pixels": " ".join(map(str, counts.tolist())),
                          "rle": encode(mask) if encode is not None else None})
         log.info("predicted %d/%d", len(rows), len(files))
     if skipped:
@@ -222,7 +223,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _write_rows(target: Path, rows: list[dict[str, Any]]) -> None:
-    fields = ["input", "mask", "height", "width", "foreground_pixels"]
+    fields = ["input", "mask", "height", "width", "class_pixels"]  # pixels of class 0, 1, ... (binary: 0 = background)
     with open(target, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()

@@ -102,6 +102,11 @@ def resumed_config(
     merged = OmegaConf.create(stored)
     for key in (k for k in keys if k not in groups):
         OmegaConf.update(merged, key, OmegaConf.select(given, key), force_add=True)
+    # The cache is this machine's (SEG_CACHE_DIR or dataset.cache_dir now), not the one that trained.
+    if isinstance(merged.get("dataset"), DictConfig) and "cache_dir" in merged.dataset:
+        current = composed.get("dataset", {}).get("cache_dir")
+        if current is not None:
+            merged.dataset.cache_dir = current
     chosen = [o for o, k in zip(overrides, keys) if k in groups]
     if chosen:
         # What a choice selects is its nodes' `_target_`s (a recipe selects them all): those must match

@@ -71,7 +71,7 @@ def test_masks_equal_the_models_prediction_at_training_size(trained: Path, tmp_p
         np.testing.assert_array_equal(mask // 255, expected[i])
     rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
     assert [r["mask"] for r in rows] == [f"masks/case{i}.png" for i in range(3)]
-    assert [int(r["foreground_pixels"]) for r in rows] == [int(e.sum()) for e in expected]
+    assert [r["class_pixels"] for r in rows] == [f"{e.size - e.sum()} {e.sum()}" for e in expected]
 
 
 def test_any_size_in_and_the_default_out_dir(trained: Path, tmp_path: Path) -> None:
@@ -140,6 +140,8 @@ def test_multi_class_masks_hold_class_ids(tmp_path: Path) -> None:
     run_predict(predict_cfg(ckpt=str(tmp_path / "model.pt"), input=str(tmp_path / "x.png")))
     mask = np.asarray(Image.open(tmp_path / "predictions-x" / "masks" / "x.png"))
     assert mask.shape == (30, 20) and mask.max() <= 2
+    (row,) = csv.DictReader((tmp_path / "predictions-x" / "predictions.csv").open())
+    assert [int(n) for n in row["class_pixels"].split()] == np.bincount(mask.ravel(), minlength=3).tolist()
     with pytest.raises(ConfigError, match="3 classes"):
         run_predict(predict_cfg(ckpt=str(tmp_path / "model.pt"), input=str(tmp_path / "x.png"), submission="relative"))
 

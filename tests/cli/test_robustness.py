@@ -1,0 +1,71 @@
+"""Shared-machine and signal robustness: unique default run folders, group-readable outputs, this
+machine's cache for seg-eval, file-system errors and SIGTERM as one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from seg.checkpoint import save_checkpoint
+from seg.cli.callbacks import _claim
+from seg.cli.common import interrupts, user_errors
+from seg.data.cache import decode_workers
+from seg.engine.evaluation import stored_config
+from seg.errors import ConfigError
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:
+    first = _claim(tmp_path / "outputs" / "12-00-00")
+    second = _claim(tmp_path / "outputs" / "12-00-00")
+    assert (first.name, second.name) == ("12-00-00", "12-00-00-1") and first.is_dir() and second.is_dir()
+
+
+def test_checkpoints_follow_the_umask_not_mkstemps_0600(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint({"epoch": 1}, tmp_path / "best.pt")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_seg_eval_uses_this_machines_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "mine"))
+    stored = {"dataset": {"_target_": "x", "cache_dir": "/home/colleague/.cache/seg"}, "model": {}, "loss": {}}
+    assert stored_config({"config": stored}, None, tmp_path / "c.pt").dataset.cache_dir == str(tmp_path / "mine")
+    again = stored_config({"config": stored}, OmegaConf.create({"cache_dir": "/elsewhere"}), tmp_path / "c.pt")
+    assert again.dataset.cache_dir == "/elsewhere"  # dataset.cache_dir=... on the command line still wins
+
+
+def test_file_system_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exc, user_errors("seg-eval"):
+        (blocker / "out").mkdir(parents=True)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("seg-eval: error: ") and str(blocker) in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_sigterm_unwinds_and_exits_143(capsys: pytest.CaptureFixture[str]) -> None:
+    cleaned = []
+    with pytest.raises(SystemExit) as exc, interrupts("seg-predict"):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        finally:
+            cleaned.append(True)  # finally-blocks (temporary files) run
+    assert exc.value.code == 143 and cleaned == [True]
+    assert "seg-predict: stopped by SIGTERM" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+def test_decode_workers_must_be_a_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEG_DECODE_WORKERS", "abc")
+    with pytest.raises(ConfigError, match="SEG_DECODE_WORKERS"):
+        decode_workers()
+    monkeypatch.setenv("SEG_DECODE_WORKERS", "3")
+    assert decode_workers() == 3
