@@ -76,14 +76,18 @@ class PH2Data(CachedArrayData):
 
     @property
     def images_dir(self) -> Path:
-        """The folder holding the IMDnnn cases: `root/PH2 Dataset images`, or root itself."""
+        """The folder holding the IMDnnn cases: `root/PH2 Dataset images`, `root/PH2Dataset/PH2 Dataset
+        images`, or root itself."""
         if self.root is None:
             raise DatasetError(f"dataset.root is not set: point it at the unpacked PH2 release, laid out as {LAYOUT}")
         if not self.root.is_dir():
             what = "is a file, not a folder" if self.root.exists() else "does not exist"
             raise DatasetError(f"PH2 root {self.root} {what}: expected the unpacked release laid out as {LAYOUT}")
-        nested = self.root / IMAGES_DIR
-        return nested if nested.is_dir() else self.root
+        # The release folder itself, the folder holding it (as seg-download unpacks it), or the cases.
+        for nested in (self.root / IMAGES_DIR, self.root / "PH2Dataset" / IMAGES_DIR):
+            if nested.is_dir():
+                return nested
+        return self.root
 
     def cache_fields(self) -> dict[str, Any]:
         # Key on the case folder, so both accepted forms of `root` share one cache entry.

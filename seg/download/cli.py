@@ -60,6 +60,7 @@ def download_dataset(
     ]
     if all(results):
         print(f"{dataset}: ready: {registry.LAYOUTS[dataset].format(root=root)}")
+        print(f"train with: seg-train dataset={dataset} dataset.root={root}")
     return all(results)
 
 

@@ -61,9 +61,11 @@ def make(root: Path, **kwargs: object) -> PH2Data:
     return PH2Data(root=str(root), image_size=kwargs.pop("image_size", 16), **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("inner", [False, True], ids=["PH2Dataset", "images-folder"])
-def test_reads_both_root_forms(ph2_root: Path, inner: bool) -> None:
-    data = make(ph2_root / IMAGES_DIR if inner else ph2_root)
+@pytest.mark.parametrize("form", ["PH2Dataset", "images-folder", "download-root"])
+def test_reads_every_root_form(ph2_root: Path, form: str) -> None:
+    """The release folder, its case folder, or the folder seg-download unpacked it into."""
+    root = {"PH2Dataset": ph2_root, "images-folder": ph2_root / IMAGES_DIR, "download-root": ph2_root.parent}[form]
+    data = make(root)
     ids = data.list_cases()
     assert ids == [f"IMD{2 + k:03d}" for k in range(N_CASES)]
     split = data.split_ids()

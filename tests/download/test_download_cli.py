@@ -81,7 +81,9 @@ def test_pets_download_extracts_layout_and_rerun_is_a_no_op(http_server, tmp_pat
     assert download_dataset("pets", root, sources=_pets_sources(http_server), timeout=5) is True
     assert len(http_server.requests) == 2
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == stamps
-    assert capsys.readouterr().out.count("already extracted") == 2
+    out = capsys.readouterr().out
+    assert out.count("already extracted") == 2
+    assert f"train with: seg-train dataset=pets dataset.root={root}" in out
 
 
 def test_pets_keep_archives(http_server, tmp_path: Path) -> None:
