@@ -184,7 +184,7 @@ def reset_peak_memory(device: torch.device) -> bool:
 
 
 def _proc_status_bytes(field: str) -> int | None:
-    """A `VmXXX:` line of /proc/self/status in bytes (Linux), or None where there is none."""
+    """A `Vm...:` field (VmHWM, VmRSS) of /proc/self/status in bytes (Linux), or None where there is none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
