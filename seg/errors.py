@@ -1,5 +1,9 @@
 """Errors a user can cause. The CLI prints their message and exits non-zero, without a traceback."""
 
+import argparse
+import sys
+from typing import NoReturn
+
 EXIT_USER_ERROR = 2  # the exit status of every seg command for a user error (argparse uses 2 as well)
 
 
@@ -17,3 +21,12 @@ class CheckpointError(SegError):
 
 class ConfigError(SegError):
     """A configuration value that composes but makes no sense (e.g. unknown split)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line like every other seg error: one line, exit 2 (plain
+    argparse prints its usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)

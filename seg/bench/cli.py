@@ -29,13 +29,13 @@ from seg.bench.reference import ReferenceRun
 from seg.bench.seg_path import SegRun
 from seg.cli.common import config_dir, describe_hydra_error, user_errors
 from seg.engine import builders
-from seg.errors import ConfigError
+from seg.errors import ConfigError, OneLineParser
 
 PROG = "seg-bench"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG, description="Training/evaluation speed of seg against a tutorial-style loop, for one config.",
         epilog="example: seg-bench dataset=synthetic dataset.image_size=128 model=segnet trainer.batch_size=16",
     )  # fmt: skip

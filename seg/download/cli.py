@@ -16,7 +16,7 @@ from seg.download import registry
 from seg.download.extract import STATE_DIR, unpack
 from seg.download.fetch import DownloadError, fetch, sidecar
 from seg.download.registry import Source
-from seg.errors import SegError
+from seg.errors import OneLineParser, SegError
 
 BASE_URL_ENV = "SEG_DOWNLOAD_BASE_URL"
 
@@ -92,7 +92,7 @@ def _install(source: Source, root: Path, *, keep_archives: bool, timeout: float,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="seg-download",
         description="Download a public segmentation dataset into the layout seg's readers expect.",
         epilog=_EPILOG,

@@ -91,7 +91,8 @@ def resumed_config(
     is read here, before anything is written, so a wrong file fails first. `quiet`: check only,
     without logging the differences (seg-train's early check; the run logs them once)."""
     path = find_resume(cfg.resume, run_dir)
-    assert path is not None
+    if path is None:
+        raise ValueError("resumed_config() is for configs with resume set")
     ckpt = load_checkpoint(path)
     stored = ckpt.get("config")
     if not isinstance(stored, dict) or "trainer" not in stored or "optimizer" not in ckpt or "rng" not in ckpt:

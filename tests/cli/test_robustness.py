@@ -69,3 +69,15 @@ def test_decode_workers_must_be_a_number(monkeypatch: pytest.MonkeyPatch) -> Non
         decode_workers()
     monkeypatch.setenv("SEG_DECODE_WORKERS", "3")
     assert decode_workers() == 3
+
+
+@pytest.mark.parametrize("module, argv", [("seg.download.cli", ["nope", "--root", "x"]),
+                                          ("seg.data.luna.prepare", ["--workers", "many"]),
+                                          ("seg.bench.cli", ["--steps", "0"])])
+def test_argparse_errors_are_one_line(module: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(module).main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and ": error: " in err and "--help" in err

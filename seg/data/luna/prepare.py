@@ -28,7 +28,7 @@ from tqdm import tqdm
 from seg.data.cache import cache_key, default_cache_dir
 from seg.data.luna.geometry import world_to_voxel
 from seg.data.luna.volume import find_series, nodule_mask, read_annotations, read_ct
-from seg.errors import EXIT_USER_ERROR, ConfigError, DatasetError, SegError
+from seg.errors import EXIT_USER_ERROR, ConfigError, DatasetError, OneLineParser, SegError
 
 FORMAT = 1
 
@@ -194,7 +194,7 @@ def prepare(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="seg-prepare",
         description="Convert LUNA16 series into the cache that `seg-train dataset=luna16` reads "
         "(otherwise done lazily at the first training start).",
