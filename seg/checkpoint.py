@@ -68,14 +68,15 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with weights_only=True (no arbitrary code runs) and check it is a seg checkpoint."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load with weights_only=True (no arbitrary code runs) and check it is a seg checkpoint.
+    `mmap`: map the tensors instead of reading them, for a look at the config and keys only."""
     path = Path(path).expanduser()
     if not path.is_file():
         hint = " (it is a folder: pass the .pt file, e.g. checkpoints/best.pt)" if path.is_dir() else ""
         raise CheckpointError(f"checkpoint not found: {path}{hint}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises several types for foreign or corrupt files
         raise CheckpointError(f"{path} is not a readable seg checkpoint: {_diagnose(path, exc)}") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]

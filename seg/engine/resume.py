@@ -93,7 +93,7 @@ def resumed_config(
     path = find_resume(cfg.resume, run_dir)
     if path is None:
         raise ValueError("resumed_config() is for configs with resume set")
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, mmap=True)  # only the config and keys are needed: tensors stay on disk
     stored = ckpt.get("config")
     if not isinstance(stored, dict) or "trainer" not in stored or "optimizer" not in ckpt or "rng" not in ckpt:
         raise CheckpointError(f"{path} has no training state to resume from (was it exported for inference only?)")

@@ -115,8 +115,8 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     _check_loss_fits(loss_fn, train_ds[0], data.n_classes)
     kaggle = bool(getattr(data, "kaggle_metric", False))
     val_metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names, kaggle=kaggle)
-    names = SegMetrics(n_classes=data.n_classes, class_names=data.class_names, kaggle=kaggle).compute()  # empty
-    monitors = sorted({f"val/{k}" for k in names} | {"val/loss"})
+    monitors = sorted({f"val/{k}" for k in val_metrics.compute()} | {"val/loss"})  # the names, from no data
+    val_metrics.reset()  # compute() on no data set up CPU counters; the first update picks the device
     if t.monitor not in monitors:
         raise ConfigError(f"trainer.monitor={t.monitor!r} is not a validation metric; available: {monitors}")
     if resume_path is not None:
