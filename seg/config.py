@@ -36,7 +36,7 @@ class OverlayChoice(str, Enum):
 class TrainerConfig:
     epochs: int = 10
     batch_size: int = 16
-    num_workers: int = 0
+    num_workers: Optional[int] = None  # null = auto: 0 on CPUs, half the cores (at most 8) on GPUs
     val_every: int = 1  # validate at the first epoch, then every N epochs (and at the last)
     device: str = "auto"  # auto = cuda if available, else cpu; or cpu, cuda, cuda:1, mps
     monitor: str = "val/dice"
@@ -105,12 +105,12 @@ class PredictConfig:
 
 
 # Lower bounds of trainer settings that type-check but make no sense (e.g. epochs=0 trains nothing and
-# still exits 0); early_stopping may also be null (off).
+# still exits 0); early_stopping may also be null (off), num_workers null (auto).
 TRAINER_MINIMUMS: tuple[tuple[str, int, str], ...] = (
     ("epochs", 1, "the number of epochs to train"),
     ("val_every", 1, "validate every N epochs"),
     ("batch_size", 1, "images per step"),
-    ("num_workers", 0, "0 loads data in the main process"),
+    ("num_workers", 0, "0 loads data in the main process, null picks for the device"),
     ("progress_every", 0, "steps between progress-bar updates"),
     ("preview_images", 0, "0 turns previews off"),
     ("early_stopping", 1, "validations without improvement; null turns it off"),
@@ -131,7 +131,7 @@ def check_train_config(cfg: DictConfig) -> None:
             if key not in trainer or OmegaConf.is_missing(trainer, key):
                 continue
             value = trainer[key]
-            if value is None and key == "early_stopping":
+            if value is None and key in ("early_stopping", "num_workers"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 problems.append(f"trainer.{key}={value} must be an integer >= {low} ({meaning})")

@@ -120,6 +120,7 @@ def run_benchmark(cfg: DictConfig, overrides: Sequence[str], *, steps: int, warm
                   sync_every: int | None = None) -> dict[str, Any]:
     device = builders.resolve_device(cfg.trainer.device)
     sync_every = sync_every or (1 if device.type == "cpu" else 5)
+    cfg.trainer.num_workers = builders.resolve_num_workers(cfg.trainer.num_workers, device)  # as seg-train
     if int(cfg.trainer.batch_size) < 1:
         raise ConfigError(f"trainer.batch_size must be >= 1, got {cfg.trainer.batch_size}")
     if cache_parent is not None:
@@ -211,7 +212,9 @@ def format_table(r: dict[str, Any]) -> str:
     rows.append(("MFU", "n/a" if fl["mfu"] is None else f"{100 * fl['mfu']:.1f}%", "target >= 35% (GPU)"))
     if r["eval"] is not None:
         e = r["eval"]
-        rows.append(("evaluation", _fmt(e["images_per_second"], " img/s"), f"{e['split']} split, {e['images']} images"))
+        rows.append(("evaluation", _fmt(e["images_per_second"], " img/s"),
+                     f"{e['split']} split, {e['images']} images; first pass {_fmt(e['first_pass_images_per_second'])}"
+                     " img/s (loader start, autotuning)"))
     head = (f"{c['dataset']} {c['image_size'][0]}x{c['image_size'][1]}, {c['model']}, batch {c['batch_size']}, "
             f"precision {c['precision']}, channels_last {c['channels_last']}, compile {c['compile']}, "
             f"workers {c['num_workers']}, augmentation: {'; '.join(c['augmentation'])}")

@@ -159,6 +159,18 @@ def resolve_channels_last(setting: bool | None, amp: Amp) -> bool:
     return amp.device_type == "cpu" or amp.dtype is not None
 
 
+def resolve_num_workers(setting: int | None, device: torch.device) -> int:
+    """`null` (auto): on a GPU, loader workers keep batches coming while the main process launches
+    kernels (0 workers cost 7% on an H100 even with cached data, docs/benchmarks.md); on a CPU the model
+    needs every core, and cached batches are cheap to load in the main process."""
+    if setting is not None:
+        return int(setting)
+    if device.type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, max(1, cores // 2))
+
+
 def build_loader(
     dataset: Dataset,
     *,

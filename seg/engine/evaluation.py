@@ -58,6 +58,16 @@ def for_inference(model_cfg: DictConfig) -> DictConfig:
     return model_cfg
 
 
+def inference_settings(trainer: Any, precision: str | None, device: torch.device) -> StepSettings:
+    """The training run's precision, memory layout and cuDNN autotuning: they change speed
+    (docs/benchmarks.md), not results beyond rounding. `precision` (seg-eval's or seg-predict's own)
+    overrides the stored one."""
+    amp = builders.build_amp(str(precision or trainer.get("precision", "auto")), device, key="precision")
+    builders.set_determinism(bool(trainer.get("deterministic", False)), bool(trainer.get("cudnn_benchmark", True)),
+                             device)
+    return StepSettings(device, amp, builders.resolve_channels_last(trainer.get("channels_last"), amp))
+
+
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     path = Path(cfg.ckpt).expanduser()
     ckpt = load_checkpoint(path)
@@ -68,14 +78,12 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     train_cfg = stored_config(ckpt, cfg.dataset, path)
     trainer = train_cfg.get("trainer", {})
     device = builders.resolve_device(cfg.device, key="device")
-    # NCHW: a plain model as users would deploy it (channels-last only changes speed, not results).
-    precision = str(cfg.precision or trainer.get("precision", "auto"))
-    settings = StepSettings(device, builders.build_amp(precision, device, key="precision"))
+    settings = inference_settings(trainer, cfg.precision, device)
     data = builders.build_data(train_cfg.dataset)
     dataset = data.dataset(cfg.split)
     model = builders.build(for_inference(train_cfg.model), "model")
     load_model_state(model, ckpt["model"], path)
-    model.to(device).eval()
+    model.to(device, memory_format=settings.memory_format).eval()
     loss_fn = builders.build(train_cfg.loss, "loss").to(device)
     metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names,
                          kaggle=bool(getattr(data, "kaggle_metric", False)))

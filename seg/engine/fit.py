@@ -90,7 +90,7 @@ def _interrupted(run: Run, signal_name: str | None, epoch: int) -> None:
     last = run.save("last.pt")
     done = run.state.progress.samples if run.state.progress is not None else 0
     log.warning("%s received during epoch %d: saved %s (after epoch %d%s). Continue exactly from there "
-                "with: seg-train resume=%s", signal_name, epoch, last, run.state.epoch,
+                "with: seg-train resume=%s", signal_name or "A stop request", epoch, last, run.state.epoch,
                 f" and {done} samples of epoch {epoch}" if done else "", last)
 
 
@@ -128,9 +128,10 @@ def _log_train(tb: TensorBoardLogger, run: Run, stats: EpochStats, epoch: int) -
               "perf/images_per_second": stats.images_per_second, "perf/data_wait_fraction": stats.data_wait_fraction}
     values.update({f"train/{k}": v for k, v in run.train_metrics.compute().items() if k in ("dice", "iou")})
     tb.scalars(values, epoch)
-    if stats.data_wait_fraction > 0.10 and stats.steps > 1:
-        log.warning("epoch %d: %.0f%% of the time was spent waiting for data; raise trainer.num_workers",
-                    epoch, 100 * stats.data_wait_fraction)
+    if stats.steady_data_wait_fraction > 0.10 and stats.steps > 1:
+        log.warning("epoch %d: %.0f%% of the time after its first batch was spent waiting for data; raise "
+                    "trainer.num_workers (now %d)", epoch, 100 * stats.steady_data_wait_fraction,
+                    run.train_loader.num_workers)
 
 
 def _summary(epoch: int, epochs: int, stats: EpochStats, metrics: dict[str, float] | None, monitor: str) -> None:

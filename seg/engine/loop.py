@@ -31,10 +31,18 @@ class EpochStats:
     data_seconds: float
     interrupted: bool = False
     progress: EpochProgress | None = None  # the whole epoch so far, resumed part included
+    first_batch_seconds: float = 0.0  # part of data_seconds: starting workers, refilling their queues
 
     @property
     def data_wait_fraction(self) -> float:
         return self.data_seconds / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_data_wait_fraction(self) -> float:
+        """The wait after the first batch: what more loader workers can remove. On short epochs the
+        first batch, which every epoch waits for, would dominate the fraction."""
+        seconds = self.seconds - self.first_batch_seconds
+        return (self.data_seconds - self.first_batch_seconds) / seconds if seconds > 0 else 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -72,6 +80,10 @@ class StepSettings:
     channels_last: bool = False
     clip_norm: float | None = None
     clip_value: float | None = None
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
 def train_step(
@@ -135,7 +147,7 @@ def train_one_epoch(
     device = settings.device
     total = torch.full((), start.loss_sum, device=device, dtype=torch.float64)  # summed as if never stopped
     steps = samples = 0
-    data_seconds = 0.0
+    data_seconds = first_batch_seconds = 0.0
     began = tick = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
     interrupted = False
@@ -144,6 +156,8 @@ def train_one_epoch(
             interrupted = True
             break
         data_seconds += time.perf_counter() - tick
+        if steps == 0:
+            first_batch_seconds = data_seconds
         loss, n = train_step(model, batch, loss_fn, optimizer, settings, augment=augment, metrics=metrics)
         total += loss
         steps += 1
@@ -157,7 +171,7 @@ def train_one_epoch(
     seconds = time.perf_counter() - began
     progress = EpochProgress(start.epoch, start.steps + steps, start.samples + samples, total.item())
     mean = progress.loss_sum / max(progress.steps, 1)
-    return EpochStats(mean, steps, samples, seconds, data_seconds, interrupted, progress)
+    return EpochStats(mean, steps, samples, seconds, data_seconds, interrupted, progress, first_batch_seconds)
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from seg.data.io import IMAGE_SUFFIXES, read_gray, read_rgb
 from seg.data.rle import ENCODERS
 from seg.engine import builders
 from seg.engine.amp import Amp
-from seg.engine.evaluation import for_inference, stored_config
+from seg.engine.evaluation import for_inference, inference_settings, stored_config
 from seg.errors import ConfigError, DatasetError
 
 log = logging.getLogger("seg")
@@ -124,12 +124,13 @@ def load_predictor(cfg: DictConfig, ckpt: dict[str, Any], path: Path) -> Predict
         )
     trainer = train_cfg.get("trainer", {})
     device = builders.resolve_device(cfg.device, key="device")
-    amp = builders.build_amp(str(cfg.precision or trainer.get("precision", "auto")), device, key="precision")
+    settings = inference_settings(trainer, cfg.precision, device)
     model = builders.build(for_inference(train_cfg.model), "model")
     load_model_state(model, ckpt["model"], path)
     image_size = train_cfg.dataset.get("image_size")
     size = as_size(image_size) if image_size is not None else None
-    return Predictor(model.to(device).eval(), amp, device, channels, n_classes, size)
+    model = model.to(device, memory_format=settings.memory_format).eval()
+    return Predictor(model, settings.amp, device, channels, n_classes, size)
 
 
 def default_out_dir(ckpt: Path, source: Path) -> Path:

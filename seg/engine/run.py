@@ -128,7 +128,8 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = builders.build_optimizer(cfg.optimizer, model, device)
-    loaders = {"pin_memory": t.pin_memory, "prefetch_factor": t.prefetch_factor, "num_workers": t.num_workers}
+    workers = builders.resolve_num_workers(t.num_workers, device)
+    loaders = {"pin_memory": t.pin_memory, "prefetch_factor": t.prefetch_factor, "num_workers": workers}
     run = Run(
         cfg=cfg, run_dir=run_dir, mode=mode, amp=amp,
         step=StepSettings(device, amp, channels_last, t.grad_clip_norm, t.grad_clip_value),
@@ -153,9 +154,9 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     if resume_path is not None:
         run.state = restore(run, resume_path)
         log.info("resumed from %s at epoch %d (%d samples seen)", resume_path, run.state.epoch, run.state.samples_seen)
-    log.info("model %s: %.2fM parameters; device %s, precision %s%s; run dir %s", type(model).__name__,
-             sum(p.numel() for p in model.parameters()) / 1e6, device, amp.precision,
-             ", channels-last" if channels_last else "", run_dir)
+    log.info("model %s: %.2fM parameters; device %s, precision %s%s, %d loader worker(s); run dir %s",
+             type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6, device, amp.precision,
+             ", channels-last" if channels_last else "", workers, run_dir)
     return run
 
 

@@ -93,6 +93,8 @@ def test_main_prints_table_and_writes_every_figure(tmp_path: Path, capsys: pytes
     assert flops["peak_bf16_tflops"] is None and flops["mfu"] is None  # CUDA only
     ev = r["eval"]
     assert ev["split"] == "val" and ev["images"] == 2 and _positive(ev["images_per_second"])
+    assert _positive(ev["first_pass_seconds"])
+    assert ev["first_pass_images_per_second"] == pytest.approx(2 / ev["first_pass_seconds"])
     assert 0.0 <= ev["dice"] <= 1.0
 
 

@@ -192,3 +192,41 @@ def test_a_bad_optimizer_or_augmentation_fails_before_the_run_folder_is_written(
     with pytest.raises(ConfigError, match=message):
         fit(compose_cfg([override], tmp_path / "run"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def _slow_loader(delays: list[float]):
+    """Batches of 2 tiny images, each handed out after its delay (seconds)."""
+    import time
+
+    for delay in delays:
+        time.sleep(delay)
+        yield {"image": torch.zeros(2, 1, 8, 8), "mask": torch.zeros(2, 8, 8, dtype=torch.uint8)}
+
+
+@pytest.mark.parametrize(("delays", "warns"), [([0.3, 0, 0, 0], False), ([0.1, 0.1, 0.1, 0.1], True)])
+def test_the_data_wait_warning_looks_past_the_first_batch(delays, warns, caplog) -> None:
+    """Every epoch waits for its first batch (workers start or refill their queues), which more
+    workers cannot remove: only the wait after it warns. The logged fraction is the whole wait."""
+    from types import SimpleNamespace
+
+    from seg.engine.amp import Amp
+    from seg.engine.fit import _log_train
+    from seg.engine.loop import StepSettings, train_one_epoch
+    from seg.losses import DiceBCELoss
+
+    model = torch.nn.Conv2d(1, 1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = train_one_epoch(model, _slow_loader(delays), DiceBCELoss(), optimizer,
+                            StepSettings(torch.device("cpu"), Amp("32", "cpu", None, None)))
+    assert stats.steps == 4 and stats.first_batch_seconds >= delays[0]
+    assert stats.data_seconds >= sum(delays) and stats.data_wait_fraction > 0.5
+    assert (stats.steady_data_wait_fraction > 0.10) is warns
+
+    logged = {}
+    tb = SimpleNamespace(scalars=lambda values, epoch: logged.update(values))
+    run = SimpleNamespace(optimizer=optimizer, train_metrics=SimpleNamespace(compute=dict),
+                          train_loader=SimpleNamespace(num_workers=3))
+    with caplog.at_level("WARNING", logger="seg"):
+        _log_train(tb, run, stats, epoch=1)
+    assert logged["perf/data_wait_fraction"] == stats.data_wait_fraction
+    assert ("raise trainer.num_workers (now 3)" in caplog.text) is warns

@@ -14,12 +14,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from seg.checkpoint import make_checkpoint, save_checkpoint
+from seg.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from seg.config import PredictConfig
 from seg.data.rle import rle_decode, rle_decode_absolute
 from seg.engine.amp import Amp
+from seg.engine.evaluation import inference_settings
 from seg.engine.fit import fit
-from seg.engine.prediction import find_inputs, pad_to_multiple, predict_probs, run_predict
+from seg.engine.prediction import find_inputs, load_predictor, pad_to_multiple, predict_probs, run_predict
 from seg.errors import ConfigError, DatasetError
 from seg.metrics import prediction
 from seg.models import UNet
@@ -200,3 +201,20 @@ def test_settings_and_out_dir_errors_come_before_any_writing(tmp_path: Path) -> 
     blocker.write_text("a file where a folder should go")
     with pytest.raises(ConfigError, match="cannot write to out_dir"):
         run_predict(predict_cfg(**{**common, "out_dir": str(blocker / "sub")}))
+
+
+@pytest.mark.parametrize(("stored", "precision", "channels_last", "dtype"), [
+    ({"precision": "32", "channels_last": False}, None, False, None),
+    ({"precision": "32"}, None, True, None),  # auto: channels-last on CPUs, as training resolved it
+    ({"precision": "32", "channels_last": True}, "bf16", True, torch.bfloat16),  # seg-predict's own precision wins
+])  # fmt: skip
+def test_inference_follows_the_trainings_layout_and_precision(stored, precision, channels_last, dtype) -> None:
+    settings = inference_settings(stored, precision, torch.device("cpu"))
+    assert settings.channels_last is channels_last and settings.amp.dtype == dtype
+    assert settings.memory_format == (torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_the_predictor_runs_the_model_in_the_trainings_layout(trained: Path) -> None:
+    predictor = load_predictor(predict_cfg(ckpt=str(trained), input="x"), load_checkpoint(trained), trained)
+    conv = next(m for m in predictor.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # trained with channels_last=auto on CPU

@@ -30,6 +30,19 @@ def test_precisions_train_on_cpu(tmp_path: Path, precision: str, scaler: bool) -
     assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values())  # weights stay fp32
 
 
+def test_auto_loader_workers_follow_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import seg.engine.builders as builders
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert builders.resolve_num_workers(None, torch.device("cpu")) == 0  # the model needs the cores
+    assert builders.resolve_num_workers(None, torch.device("cuda")) == 8  # half of 16
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert builders.resolve_num_workers(None, torch.device("cuda")) == 1
+    assert builders.resolve_num_workers(3, torch.device("cuda")) == 3  # an explicit choice wins
+    assert builders.resolve_num_workers(2, torch.device("cpu")) == 2
+    assert compose_cfg([]).trainer.num_workers is None  # the shipped default is auto
+
+
 def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
     import seg.engine.builders as builders
 
@@ -149,5 +162,5 @@ def test_deterministic_sets_the_torch_flags_and_a_default_run_clears_them(tmp_pa
     finally:
         run_module.builders.build_model = real
     assert seen[0] == (True, True, False)
-    assert seen[1] == (False, False, False)  # benchmark only ever on CUDA
+    assert seen[1] == (False, False, torch.cuda.is_available())  # the autotuner: CUDA only (device=auto)
     assert not torch.are_deterministic_algorithms_enabled()
