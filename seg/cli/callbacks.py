@@ -6,7 +6,9 @@ the checks must run earlier, at `on_run_start`:
   `.hydra/` record as it was;
 - `resume=PATH/checkpoints/last.pt` runs in that run's own folder (its train.log goes on there);
 - a resume that cannot start (not a checkpoint, another model class, bad values) stops here too;
-- a resumed invocation records its config under `.hydra/resume-<time>/`, keeping the original.
+- a resumed invocation records its config under `.hydra/resume-<time>/`, keeping the original;
+- the folders this invocation creates are noted in NEW_FOLDERS, so that a run stopped at start by a
+  user error can remove them again (seg.cli.train) instead of leaving an empty run behind.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from seg.cli.common import fail
 from seg.engine.run import refuse_earlier_checkpoints
 from seg.errors import SegError
 
+NEW_FOLDERS: list[Path] = []  # absolute, outermost first; the run folder last
+
 
 class RunDirGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -37,8 +41,12 @@ class RunDirGuard(Callback):
             # Resolve ${now:...} once, so the folder checked here is the folder Hydra creates.
             config.hydra.run.dir = str(config.hydra.run.dir)
             chosen = any(o.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in config.hydra.overrides.hydra)
+            target = Path(config.hydra.run.dir).absolute()
+            NEW_FOLDERS[:] = [p for p in (*reversed(target.parents), target) if not p.exists()]
             if not resume and not chosen:
-                config.hydra.run.dir = str(_claim(Path(config.hydra.run.dir)))
+                claimed = _claim(target)
+                config.hydra.run.dir = str(claimed)
+                NEW_FOLDERS[:] = [*(p for p in NEW_FOLDERS if p != target), claimed.absolute()]
             run_dir = Path(config.get("run_dir") or config.hydra.run.dir)
             try:
                 if resume:

@@ -71,3 +71,24 @@ def test_bad_overrides_and_values_are_one_line_and_exit_2(tmp_path: Path) -> Non
     assert_user_error(zero, "trainer.epochs")
     assert not (tmp_path / "z" / "split.json").exists()  # checked before anything is written
     assert len(zero.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_that_fails_at_start_leaves_no_empty_folder_behind(tmp_path: Path) -> None:
+    nowhere = f"dataset.root={tmp_path / 'nowhere'}"
+    default = run("seg-train", "dataset=ph2", nowhere, cwd=tmp_path)
+    assert_user_error(default, "PH2")
+    assert not (tmp_path / "outputs").exists()  # Hydra's outputs/<date>/<time>/ with only .hydra/ and a log
+
+    chosen = run("seg-train", "dataset=ph2", nowhere, "hydra.run.dir=runs/deep/r", cwd=tmp_path)
+    assert_user_error(chosen, "PH2")
+    assert not (tmp_path / "runs").exists()
+
+    kept = tmp_path / "mine"  # a folder the user made is theirs, even empty
+    kept.mkdir()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "notes.txt").write_text("keep")
+    for folder in (kept, tmp_path / "runs" / "r"):
+        proc = run("seg-train", "dataset=ph2", nowhere, f"hydra.run.dir={folder}", cwd=tmp_path)
+        assert_user_error(proc, "PH2")
+    assert kept.is_dir() and (kept / "train.log").is_file()
+    assert not (tmp_path / "runs" / "r").exists() and (tmp_path / "runs" / "notes.txt").read_text() == "keep"
