@@ -128,10 +128,13 @@ def _log_train(tb: TensorBoardLogger, run: Run, stats: EpochStats, epoch: int) -
               "perf/images_per_second": stats.images_per_second, "perf/data_wait_fraction": stats.data_wait_fraction}
     values.update({f"train/{k}": v for k, v in run.train_metrics.compute().items() if k in ("dice", "iou")})
     tb.scalars(values, epoch)
-    if stats.steady_data_wait_fraction > 0.10 and stats.steps > 1:
-        log.warning("epoch %d: %.0f%% of the time after its first batch was spent waiting for data; raise "
-                    "trainer.num_workers (now %d)", epoch, 100 * stats.steady_data_wait_fraction,
-                    run.train_loader.num_workers)
+    if stats.data_wait_fraction > 0.10 and stats.steps > 1:
+        if stats.steady_data_wait_fraction > 0.10:
+            advice = f"raise trainer.num_workers (now {run.train_loader.num_workers})"
+        else:  # more workers cannot shorten it; longer epochs spread it
+            advice = "most of it for the epoch's first batch, while the loader starts or refills its queues"
+        log.warning("epoch %d: %.0f%% of the time was spent waiting for data; %s", epoch,
+                    100 * stats.data_wait_fraction, advice)
 
 
 def _summary(epoch: int, epochs: int, stats: EpochStats, metrics: dict[str, float] | None, monitor: str) -> None:

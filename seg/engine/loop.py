@@ -40,7 +40,7 @@ class EpochStats:
     @property
     def steady_data_wait_fraction(self) -> float:
         """The wait after the first batch: what more loader workers can remove. On short epochs the
-        first batch, which every epoch waits for, would dominate the fraction."""
+        first batch, which every epoch waits for, dominates the whole fraction."""
         seconds = self.seconds - self.first_batch_seconds
         return (self.data_seconds - self.first_batch_seconds) / seconds if seconds > 0 else 0.0
 
