@@ -7,14 +7,17 @@ the checks must run earlier, at `on_run_start`:
 - `resume=PATH/checkpoints/last.pt` runs in that run's own folder (its train.log goes on there);
 - a resume that cannot start (not a checkpoint, another model class, bad values) stops here too;
 - a resumed invocation records its config under `.hydra/resume-<time>/`, keeping the original;
-- the folders this invocation creates are noted in NEW_FOLDERS, so that a run stopped at start by a
-  user error can remove them again (seg.cli.train) instead of leaving an empty run behind.
+- what this invocation creates is noted in STARTING, so that a run stopped at start by a user error
+  can remove it again (seg.cli.train) instead of leaving an empty run, or the record of a resume that
+  never ran, behind.
 """
 
 from __future__ import annotations
 
 import copy
+import shutil
 import zipfile
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,51 @@ from seg.cli.common import fail
 from seg.engine.run import refuse_earlier_checkpoints
 from seg.errors import SegError
 
-NEW_FOLDERS: list[Path] = []  # absolute, outermost first; the run folder last
+
+@dataclass
+class StartRecord:
+    """What one seg-train invocation adds before its run starts (absolute paths)."""
+
+    new_folders: list[Path] = field(default_factory=list)  # outermost first; the run folder last
+    resume_record: Path | None = None  # .hydra/resume-<time>/
+    split_file: Path | None = None  # the run's split.json, rewritten once the run is built
+    split_stamp: int | None = None  # its mtime (ns) before, None if absent
+
+    def note_run_dir(self, run_dir: Path, new_folders: list[Path]) -> None:
+        self.new_folders = new_folders
+        self.split_file = run_dir.absolute() / "split.json"
+        self.split_stamp = _stamp(self.split_file)
+
+    def discard(self) -> None:
+        """After a user error at start: the error is on the console, so the folders this invocation
+        created go again while its run folder holds nothing but Hydra's record and the log, and a
+        resume's record goes (its lines in the run's train.log stay). Once the run was built and has
+        rewritten split.json, a failure is no longer a failed start, and nothing is removed."""
+        if self.split_file is None or _stamp(self.split_file) != self.split_stamp:
+            return
+        if self.resume_record is not None:
+            shutil.rmtree(self.resume_record, ignore_errors=True)
+        if not self.new_folders:
+            return
+        run_dir = self.new_folders[-1]
+        if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+            return
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in reversed(self.new_folders[:-1]):
+            try:
+                parent.rmdir()  # only while empty: another run may have started there meanwhile
+            except OSError:
+                break
+
+
+STARTING = StartRecord()
+
+
+def _stamp(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 class RunDirGuard(Callback):
@@ -42,12 +89,13 @@ class RunDirGuard(Callback):
             config.hydra.run.dir = str(config.hydra.run.dir)
             chosen = any(o.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in config.hydra.overrides.hydra)
             target = Path(config.hydra.run.dir).absolute()
-            NEW_FOLDERS[:] = [p for p in (*reversed(target.parents), target) if not p.exists()]
+            new_folders = [p for p in (*reversed(target.parents), target) if not p.exists()]
             if not resume and not chosen:
                 claimed = _claim(target)
                 config.hydra.run.dir = str(claimed)
-                NEW_FOLDERS[:] = [*(p for p in NEW_FOLDERS if p != target), claimed.absolute()]
+                new_folders = [*(p for p in new_folders if p != target), claimed.absolute()]
             run_dir = Path(config.get("run_dir") or config.hydra.run.dir)
+            STARTING.note_run_dir(run_dir, new_folders)
             try:
                 if resume:
                     _check_resume(config, run_dir)
@@ -57,6 +105,7 @@ class RunDirGuard(Callback):
                 fail("seg-train", str(exc))
             if resume and (Path(config.hydra.run.dir) / ".hydra").is_dir():
                 config.hydra.output_subdir = f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+                STARTING.resume_record = Path(config.hydra.run.dir).absolute() / config.hydra.output_subdir
 
 
 def _check_resume(config: DictConfig, run_dir: Path) -> None:

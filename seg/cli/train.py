@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -52,30 +51,13 @@ def _train(cfg: DictConfig) -> float:
                 result = _run(cfg)
         except SystemExit as exc:
             if exc.code == EXIT_USER_ERROR:
-                _discard_failed_start()
+                from seg.cli.callbacks import STARTING
+
+                STARTING.discard()  # only what this invocation created, and only before the run was built
             raise
     if result.get("stopped_by"):  # saved and stopped by a signal: not a finished run, for schedulers too
         raise SystemExit(128 + signal.Signals[result["stopped_by"]].value)
     return float(result["best_score"])  # the value a sweeper optimises
-
-
-def _discard_failed_start() -> None:
-    """A run stopped at start by a user error leaves no empty run behind: the folders this invocation
-    created go again, while the run folder holds nothing but Hydra's record and the log (the error is
-    on the console; anything a run had begun to write keeps the folder)."""
-    from seg.cli.callbacks import NEW_FOLDERS
-
-    if not NEW_FOLDERS:
-        return
-    run_dir = NEW_FOLDERS[-1]
-    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)
-    for parent in reversed(NEW_FOLDERS[:-1]):
-        try:
-            parent.rmdir()  # only while empty: another run may have started there meanwhile
-        except OSError:
-            break
 
 
 def main() -> None:

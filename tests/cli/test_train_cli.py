@@ -92,3 +92,14 @@ def test_a_run_that_fails_at_start_leaves_no_empty_folder_behind(tmp_path: Path)
         assert_user_error(proc, "PH2")
     assert kept.is_dir() and (kept / "train.log").is_file()
     assert not (tmp_path / "runs" / "r").exists() and (tmp_path / "runs" / "notes.txt").read_text() == "keep"
+
+
+def test_a_resume_refused_after_the_data_is_built_leaves_no_record(tmp_path: Path) -> None:
+    first = run("seg-train", *TINY, "trainer.epochs=1", "hydra.run.dir=r", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = sorted(p.name for p in (tmp_path / "r").rglob("*"))
+    moved = run("seg-train", "resume=auto", "hydra.run.dir=r", "trainer.epochs=2", "dataset.split_seed=7",
+                cwd=tmp_path)
+    assert_user_error(moved, "another split")
+    assert not list((tmp_path / "r" / ".hydra").glob("resume-*"))  # the refused resume's record is gone
+    assert sorted(p.name for p in (tmp_path / "r").rglob("*")) == before  # and nothing else changed
