@@ -15,6 +15,7 @@ the checks must run earlier, at `on_run_start`:
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import zipfile
 from dataclasses import dataclass, field
@@ -32,31 +33,33 @@ from seg.errors import SegError
 
 @dataclass
 class StartRecord:
-    """What one seg-train invocation adds before its run starts (absolute paths)."""
+    """What one seg-train invocation adds before its run starts (absolute, normalised paths)."""
 
     new_folders: list[Path] = field(default_factory=list)  # outermost first; the run folder last
+    hydra_files: set[str] = field(default_factory=set)  # what Hydra writes into it: .hydra, train.log
     resume_record: Path | None = None  # .hydra/resume-<time>/
-    split_file: Path | None = None  # the run's split.json, rewritten once the run is built
-    split_stamp: int | None = None  # its mtime (ns) before, None if absent
+    started: bool = False  # set by fit once the run is built (and restored)
 
-    def note_run_dir(self, run_dir: Path, new_folders: list[Path]) -> None:
-        self.new_folders = new_folders
-        self.split_file = run_dir.absolute() / "split.json"
-        self.split_stamp = _stamp(self.split_file)
+    def begin(self, new_folders: list[Path], hydra_files: set[str]) -> None:
+        """A fresh record per run (one process may run seg-train more than once)."""
+        self.new_folders, self.hydra_files, self.resume_record, self.started = new_folders, hydra_files, None, False
+
+    def mark_started(self) -> None:
+        self.started = True
 
     def discard(self) -> None:
         """After a user error at start: the error is on the console, so the folders this invocation
         created go again while its run folder holds nothing but Hydra's record and the log, and a
-        resume's record goes (its lines in the run's train.log stay). Once the run was built and has
-        rewritten split.json, a failure is no longer a failed start, and nothing is removed."""
-        if self.split_file is None or _stamp(self.split_file) != self.split_stamp:
+        resume's record goes (its lines in the run's train.log stay). Once the run has started,
+        nothing is removed."""
+        if self.started:
             return
         if self.resume_record is not None:
             shutil.rmtree(self.resume_record, ignore_errors=True)
         if not self.new_folders:
             return
         run_dir = self.new_folders[-1]
-        if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= self.hydra_files:
             return
         shutil.rmtree(run_dir, ignore_errors=True)
         for parent in reversed(self.new_folders[:-1]):
@@ -67,13 +70,6 @@ class StartRecord:
 
 
 STARTING = StartRecord()
-
-
-def _stamp(path: Path) -> int | None:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return None
 
 
 class RunDirGuard(Callback):
@@ -88,24 +84,26 @@ class RunDirGuard(Callback):
             # Resolve ${now:...} once, so the folder checked here is the folder Hydra creates.
             config.hydra.run.dir = str(config.hydra.run.dir)
             chosen = any(o.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in config.hydra.overrides.hydra)
-            target = Path(config.hydra.run.dir).absolute()
+            target = Path(os.path.abspath(config.hydra.run.dir))  # `a/../b` must not count `b` as new
             new_folders = [p for p in (*reversed(target.parents), target) if not p.exists()]
             if not resume and not chosen:
                 claimed = _claim(target)
                 config.hydra.run.dir = str(claimed)
-                new_folders = [*(p for p in new_folders if p != target), claimed.absolute()]
+                new_folders = [*(p for p in new_folders if p != target), claimed]
+            subdir = config.hydra.output_subdir
+            STARTING.begin(new_folders, {f"{config.hydra.job.name}.log", *([Path(subdir).parts[0]] if subdir else [])})
             run_dir = Path(config.get("run_dir") or config.hydra.run.dir)
-            STARTING.note_run_dir(run_dir, new_folders)
             try:
                 if resume:
                     _check_resume(config, run_dir)
                 else:
                     refuse_earlier_checkpoints(run_dir)
             except SegError as exc:
+                STARTING.discard()  # the folder claimed above, still empty
                 fail("seg-train", str(exc))
             if resume and (Path(config.hydra.run.dir) / ".hydra").is_dir():
                 config.hydra.output_subdir = f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}"
-                STARTING.resume_record = Path(config.hydra.run.dir).absolute() / config.hydra.output_subdir
+                STARTING.resume_record = Path(os.path.abspath(config.hydra.run.dir)) / config.hydra.output_subdir
 
 
 def _check_resume(config: DictConfig, run_dir: Path) -> None:

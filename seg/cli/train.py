@@ -24,6 +24,7 @@ _sweep_failures: list[str] = []
 
 
 def _run(cfg: DictConfig) -> dict[str, Any]:
+    from seg.cli.callbacks import STARTING
     from seg.engine.fit import fit  # imported here so --help and --cfg stay fast
     from seg.engine.resume import resumed_config
 
@@ -31,7 +32,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir) if cfg.run_dir else Path(hc.runtime.output_dir)
     if cfg.resume:
         cfg = resumed_config(cfg, run_dir, list(hc.overrides.task), groups=set(hc.runtime.choices))
-    return fit(cfg, run_dir)
+    return fit(cfg, run_dir, on_start=STARTING.mark_started)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
@@ -53,7 +54,7 @@ def _train(cfg: DictConfig) -> float:
             if exc.code == EXIT_USER_ERROR:
                 from seg.cli.callbacks import STARTING
 
-                STARTING.discard()  # only what this invocation created, and only before the run was built
+                STARTING.discard()  # only what this invocation created, and only before the run started
             raise
     if result.get("stopped_by"):  # saved and stopped by a signal: not a finished run, for schedulers too
         raise SystemExit(128 + signal.Signals[result["stopped_by"]].value)

@@ -58,13 +58,15 @@ def for_inference(model_cfg: DictConfig) -> DictConfig:
     return model_cfg
 
 
-def inference_settings(trainer: Any, precision: str | None, device: torch.device) -> StepSettings:
+def inference_settings(trainer: Any, precision: str | None, device: torch.device, *,
+                       autotune: bool = True) -> StepSettings:
     """The training run's precision, memory layout and cuDNN autotuning: they change speed
     (docs/benchmarks.md), not results beyond rounding. `precision` (seg-eval's or seg-predict's own)
-    overrides the stored one."""
+    overrides the stored one; `autotune=False` where input shapes vary, since cuDNN tunes every new
+    shape afresh."""
     amp = builders.build_amp(str(precision or trainer.get("precision", "auto")), device, key="precision")
-    builders.set_determinism(bool(trainer.get("deterministic", False)), bool(trainer.get("cudnn_benchmark", True)),
-                             device)
+    autotune = autotune and bool(trainer.get("cudnn_benchmark", True))
+    builders.set_determinism(bool(trainer.get("deterministic", False)), autotune, device)
     return StepSettings(device, amp, builders.resolve_channels_last(trainer.get("channels_last"), amp))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,12 @@ from seg.logger.tensorboard import TensorBoardLogger
 log = logging.getLogger("seg")
 
 
-def fit(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def fit(cfg: DictConfig, run_dir: Path, *, on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+    """`on_start` is called once the run is built (and restored): from then on a failure is no longer
+    a failed start (seg-train cleans up only after those)."""
     run = start_run(cfg, run_dir)
+    if on_start is not None:
+        on_start()
     t, state = cfg.trainer, run.state
     tb = TensorBoardLogger(run.run_dir / "tb", purge_step=state.epoch + 1 if cfg.resume else None)
     if state.epoch >= t.epochs:
@@ -131,8 +136,9 @@ def _log_train(tb: TensorBoardLogger, run: Run, stats: EpochStats, epoch: int) -
     if stats.data_wait_fraction > 0.10 and stats.steps > 1:
         if stats.steady_data_wait_fraction > 0.10:
             advice = f"raise trainer.num_workers (now {run.train_loader.num_workers})"
-        else:  # more workers cannot shorten it; longer epochs spread it
-            advice = "most of it for the epoch's first batch, while the loader starts or refills its queues"
+        else:  # more workers cannot shorten the first batch's wait; longer epochs spread it
+            advice = (f"the epoch's first batch (the loader starting or refilling its queues) took "
+                      f"{stats.first_batch_seconds / stats.data_seconds:.0%} of it, the rest is under 10%")
         log.warning("epoch %d: %.0f%% of the time was spent waiting for data; %s", epoch,
                     100 * stats.data_wait_fraction, advice)
 

@@ -124,11 +124,12 @@ def load_predictor(cfg: DictConfig, ckpt: dict[str, Any], path: Path) -> Predict
         )
     trainer = train_cfg.get("trainer", {})
     device = builders.resolve_device(cfg.device, key="device")
-    settings = inference_settings(trainer, cfg.precision, device)
-    model = builders.build(for_inference(train_cfg.model), "model")
-    load_model_state(model, ckpt["model"], path)
     image_size = train_cfg.dataset.get("image_size")
     size = as_size(image_size) if image_size is not None else None
+    # Inputs are resized to the training size; at native sizes each new shape would be autotuned.
+    settings = inference_settings(trainer, cfg.precision, device, autotune=size is not None)
+    model = builders.build(for_inference(train_cfg.model), "model")
+    load_model_state(model, ckpt["model"], path)
     model = model.to(device, memory_format=settings.memory_format).eval()
     return Predictor(model, settings.amp, device, channels, n_classes, size)
 

@@ -86,8 +86,8 @@ def refuse_earlier_checkpoints(run_dir: Path) -> None:
 
 def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     """Check the config and the run folder, build data, loss, model, augmentation, optimizer, scheduler,
-    loaders and metrics (any of them can still refuse the config), then write the split and restore a
-    checkpoint when resuming: a failure before that point leaves the run folder untouched."""
+    loaders and metrics (any of them can still refuse the config), restore a checkpoint when resuming,
+    and only then write the split: a failure before that point leaves the run folder untouched."""
     check_train_config(cfg)
     t = cfg.trainer
     mode = str(getattr(t.monitor_mode, "value", t.monitor_mode))
@@ -148,12 +148,12 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
         previews={name: Preview(ds, data.preview_indices(name, t.preview_images), data.n_classes)
                   for name, ds in (("val", val_ds), ("train", train_ds))},
     )  # fmt: skip
+    if resume_path is not None:  # reads only: a checkpoint that does not fit still leaves the folder as it was
+        run.state = restore(run, resume_path)
+        log.info("resumed from %s at epoch %d (%d samples seen)", resume_path, run.state.epoch, run.state.samples_seen)
     # Everything is built: only now does the run folder get its first file.
     run_dir.mkdir(parents=True, exist_ok=True)
     write_split(run_dir / "split.json", split)
-    if resume_path is not None:
-        run.state = restore(run, resume_path)
-        log.info("resumed from %s at epoch %d (%d samples seen)", resume_path, run.state.epoch, run.state.samples_seen)
     log.info("model %s: %.2fM parameters; device %s, precision %s%s, %d loader worker(s); run dir %s",
              type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6, device, amp.precision,
              ", channels-last" if channels_last else "", workers, run_dir)

@@ -101,5 +101,40 @@ def test_a_resume_refused_after_the_data_is_built_leaves_no_record(tmp_path: Pat
     moved = run("seg-train", "resume=auto", "hydra.run.dir=r", "trainer.epochs=2", "dataset.split_seed=7",
                 cwd=tmp_path)
     assert_user_error(moved, "another split")
-    assert not list((tmp_path / "r" / ".hydra").glob("resume-*"))  # the refused resume's record is gone
+    wider = run("seg-train", "resume=auto", "hydra.run.dir=r", "trainer.epochs=2", "model.wf=4", cwd=tmp_path)
+    assert_user_error(wider, "r/checkpoints/last.pt")  # refused by the checkpoint's weights, after the build
+    assert not list((tmp_path / "r" / ".hydra").glob("resume-*"))  # the refused resumes' records are gone
     assert sorted(p.name for p in (tmp_path / "r").rglob("*")) == before  # and nothing else changed
+
+    (tmp_path / "backup").mkdir()  # a loose copy resumes into a new default folder: refused, it goes again
+    (tmp_path / "backup" / "old.pt").write_bytes((tmp_path / "r" / "checkpoints" / "last.pt").read_bytes())
+    loose = run("seg-train", f"resume={tmp_path / 'backup' / 'old.pt'}", "model.wf=4", cwd=tmp_path)
+    assert_user_error(loose, "old.pt")
+    # A new run aimed at r through run_dir= is refused in the callback; its claimed folder goes too.
+    aimed = run("seg-train", *TINY, f"run_dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert_user_error(aimed, "already holds checkpoints")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_only_new_folders_are_removed_and_each_run_starts_a_fresh_record(tmp_path: Path) -> None:
+    from seg.cli.callbacks import StartRecord
+
+    mine = tmp_path / "keepme"  # `nd/../keepme` names an existing folder although nd/ is new
+    (mine / ".hydra").mkdir(parents=True)
+    (mine / "train.log").write_text("an earlier log")
+    proc = run("seg-train", "dataset=ph2", f"dataset.root={tmp_path / 'nowhere'}", "hydra.run.dir=nd/../keepme",
+               cwd=tmp_path)
+    assert_user_error(proc, "PH2")
+    assert (mine / "train.log").is_file() and (mine / ".hydra").is_dir()
+
+    record, kept = StartRecord(), tmp_path / "kept-record"
+    kept.mkdir()
+    record.begin([], {".hydra", "train.log"})
+    record.resume_record = kept
+    record.mark_started()
+    record.discard()  # the run had started: nothing goes
+    assert kept.is_dir()
+    record.begin([], {".hydra", "train.log"})  # the same process runs seg-train again
+    assert record.resume_record is None and not record.started
+    record.discard()
+    assert kept.is_dir()
