@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import zipfile
 from dataclasses import dataclass, field
@@ -73,6 +74,17 @@ STARTING = StartRecord()
 
 
 class RunDirGuard(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Two sweeps started in the same second would share multirun/<date>/<time>/ and so train their
+        jobs into the same folders: claim a folder of its own, and hand it to the jobs as an override,
+        since Hydra composes each job's config afresh from the master config's overrides."""
+        with read_write(config.hydra), open_dict(config.hydra):
+            if _chosen(config, "hydra.sweep.dir"):
+                return
+            claimed = _claim(Path(str(config.hydra.sweep.dir)))
+            config.hydra.sweep.dir = str(claimed)
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(str(claimed))}")
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         resume = config.get("resume")
         with read_write(config.hydra), open_dict(config.hydra):
@@ -83,7 +95,7 @@ class RunDirGuard(Callback):
                     config.hydra.run.dir = str(checkpoint.resolve().parent.parent)
             # Resolve ${now:...} once, so the folder checked here is the folder Hydra creates.
             config.hydra.run.dir = str(config.hydra.run.dir)
-            chosen = any(o.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in config.hydra.overrides.hydra)
+            chosen = _chosen(config, "hydra.run.dir")
             target = Path(os.path.abspath(config.hydra.run.dir))  # `a/../b` must not count `b` as new
             new_folders = [p for p in (*reversed(target.parents), target) if not p.exists()]
             if not resume and not chosen:
@@ -118,6 +130,20 @@ def _check_resume(config: DictConfig, run_dir: Path) -> None:
     overrides = list(config.hydra.overrides.task)
     merged = resumed_config(task, run_dir, overrides, groups=set(config.hydra.runtime.choices), quiet=True)
     check_train_config(merged)
+
+
+def _chosen(config: DictConfig, key: str) -> bool:
+    """Whether the command line set `key` (a folder the user named is used as named)."""
+    return any(o.split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
+
+
+def _quoted(value: str) -> str:
+    """A value for Hydra's override grammar: bare where it is plain, else single-quoted."""
+    if re.fullmatch(r"[A-Za-z0-9_./-]+", value):
+        return value
+    # Inside quotes a backslash is an escape only before a quote (or the closing one).
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value).replace("'", "\\'")
+    return f"'{escaped}'"
 
 
 def _claim(folder: Path) -> Path:

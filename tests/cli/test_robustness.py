@@ -1,4 +1,4 @@
-"""Shared-machine and signal robustness: unique default run folders, group-readable outputs, this
+"""Shared-machine and signal robustness: unique default run and sweep folders, group-readable outputs, this
 machine's cache for seg-eval, file-system errors and SIGTERM as one line."""
 
 from __future__ import annotations
@@ -22,6 +22,41 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -
     first = _claim(tmp_path / "outputs" / "12-00-00")
     second = _claim(tmp_path / "outputs" / "12-00-00")
     assert (first.name, second.name) == ("12-00-00", "12-00-00-1") and first.is_dir() and second.is_dir()
+
+
+def test_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:
+    """The claimed folder reaches the jobs as an override: Hydra composes each job from them."""
+    from seg.cli.callbacks import RunDirGuard
+
+    def master(*hydra_overrides: str):
+        return OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "multirun" / "12-00-00")},
+                                           "overrides": {"hydra": list(hydra_overrides), "task": []}}})
+
+    first, second, named = master(), master(), master("hydra.sweep.dir=mine")
+    for config in (first, second, named):
+        RunDirGuard().on_multirun_start(config=config)
+    assert Path(first.hydra.sweep.dir).name == "12-00-00" and Path(second.hydra.sweep.dir).name == "12-00-00-1"
+    assert second.hydra.overrides.hydra[-1] == f"hydra.sweep.dir={tmp_path / 'multirun' / '12-00-00-1'}"
+    assert list(named.hydra.overrides.hydra) == ["hydra.sweep.dir=mine"]  # a folder the user named is kept
+
+
+def test_a_sweep_whose_default_folder_is_taken_trains_its_jobs_in_its_own(tmp_path: Path) -> None:
+    """Every second of the next minute is taken, as if other sweeps had started then."""
+    import time
+
+    from tests.cli.test_cli import TINY, run
+
+    now = time.time()
+    for seconds in range(0, 60):
+        stamp = time.localtime(now + seconds)
+        (tmp_path / "multirun" / time.strftime("%Y-%m-%d", stamp) / time.strftime("%H-%M-%S", stamp)).mkdir(
+            parents=True, exist_ok=True)
+    proc = run("seg-train", "--multirun", *TINY, "trainer.epochs=1", "model.wf=2,3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = [p.parent for p in (tmp_path / "multirun").rglob("multirun.yaml")]
+    assert sweep.name.endswith("-1")
+    assert {p.parent.parent.name for p in sweep.glob("*/checkpoints/best.pt")} == {"0", "1"}
+    assert len(list((tmp_path / "multirun").rglob("checkpoints"))) == 2  # no job trained anywhere else
 
 
 def test_checkpoints_follow_the_umask_not_mkstemps_0600(tmp_path: Path) -> None:
