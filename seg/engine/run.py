@@ -157,6 +157,9 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     log.info("model %s: %.2fM parameters; device %s, precision %s%s, %d loader worker(s); run dir %s",
              type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6, device, amp.precision,
              ", channels-last" if channels_last else "", workers, run_dir)
+    if t.compile:  # an H100 took 30-105 s for the models here (docs/benchmarks.md): say it is not stuck
+        log.info("torch.compile (%s): the first training steps compile the model, which can take a minute "
+                 "or more; the first epoch's img/s includes it", t.compile_backend)
     return run
 
 

@@ -62,10 +62,12 @@ def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) ->
         build_amp("fp8", cpu)
 
 
-def test_channels_last_and_compile_paths(tmp_path: Path) -> None:
+def test_channels_last_and_compile_paths(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = compose_cfg(["trainer.channels_last=true", "trainer.compile=true", "trainer.compile_backend=aot_eager",
                        "trainer.epochs=1"], tmp_path)
-    result = fit(cfg, tmp_path)
+    with caplog.at_level("INFO", logger="seg"):
+        result = fit(cfg, tmp_path)
+    assert "torch.compile (aot_eager): the first training steps compile the model" in caplog.text
     state = load_checkpoint(tmp_path / "checkpoints" / "best.pt")["model"]
     assert not any(k.startswith("_orig_mod") for k in state)  # plain, unwrapped state_dict
     assert result["val/dice"] >= 0
