@@ -79,7 +79,7 @@ class EvalConfig:
     dataset: Dict[str, Any] = field(default_factory=dict)  # overrides on top of the stored dataset
     device: str = "auto"
     batch_size: Optional[int] = None  # default: the training batch size
-    num_workers: int = 0
+    num_workers: Optional[int] = None  # null = auto, as trainer.num_workers: 0 on CPUs, more on GPUs
     precision: Optional[str] = None  # default: the training precision
     overlays: OverlayChoice = OverlayChoice.worst
     n_overlays: int = 8

@@ -77,6 +77,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     check_split(cfg.split)
     if cfg.n_overlays < 0:
         raise ConfigError(f"n_overlays must be >= 0, got {cfg.n_overlays}")
+    if cfg.num_workers is not None and cfg.num_workers < 0:
+        raise ConfigError(f"num_workers must be >= 0 (0 loads data in the main process) or null, got {cfg.num_workers}")
     train_cfg = stored_config(ckpt, cfg.dataset, path)
     trainer = train_cfg.get("trainer", {})
     device = builders.resolve_device(cfg.device, key="device")
@@ -90,7 +92,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names,
                          kaggle=bool(getattr(data, "kaggle_metric", False)))
     batch_size = int(cfg.batch_size or trainer.get("batch_size", 16))
-    loader = builders.build_loader(dataset, batch_size=batch_size, num_workers=cfg.num_workers, device=device)
+    workers = builders.resolve_num_workers(cfg.num_workers, device)
+    loader = builders.build_loader(dataset, batch_size=batch_size, num_workers=workers, device=device)
     rows: list[dict[str, Any]] = []
     ids = list(getattr(dataset, "ids", range(len(dataset))))
 

@@ -69,6 +69,12 @@ def test_train_then_eval_reproduces_validation_metrics(tmp_path: Path) -> None:
     test_metrics = json.loads((tmp_path / "elsewhere" / "metrics.json").read_text())
     assert test_metrics["split"] == "test" and test_metrics["n_images"] == 4
     assert not (tmp_path / "elsewhere" / "overlays").exists()
+    workers = run("seg-eval", f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", "split=val", "num_workers=2",
+                  "overlays=none", f"out_dir={tmp_path / 'two'}", cwd=tmp_path)
+    assert workers.returncode == 0, workers.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["dice"] == pytest.approx(metrics["dice"])
+    negative = run("seg-eval", f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", "num_workers=-1", cwd=tmp_path)
+    assert_user_error(negative, "num_workers must be >= 0")
 
 
 def test_train_then_predict_new_images(tmp_path: Path) -> None:
