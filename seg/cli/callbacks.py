@@ -1,4 +1,4 @@
-"""Hydra callback for seg-train: settle the run folder before Hydra writes anything into it.
+"""Hydra callback for seg-train: settle the run (or sweep) folder before Hydra writes anything into it.
 
 Hydra saves `.hydra/config.yaml` and `overrides.yaml` into the run folder before the task starts, so
 the checks must run earlier, at `on_run_start`:
@@ -9,7 +9,10 @@ the checks must run earlier, at `on_run_start`:
 - a resumed invocation records its config under `.hydra/resume-<time>/`, keeping the original;
 - what this invocation creates is noted in STARTING, so that a run stopped at start by a user error
   can remove it again (seg.cli.train) instead of leaving an empty run, or the record of a resume that
-  never ran, behind.
+  never ran, behind;
+- a sweep gets a folder of its own, and a new sweep into a named folder with checkpoints stops here
+  (`on_multirun_start`).
+Any failure in here stops the command: Hydra would only warn and go on writing.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import re
 import shutil
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,9 +31,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
-from seg.cli.common import fail
+from seg.cli.common import fail, user_errors
 from seg.engine.run import refuse_earlier_checkpoints
-from seg.errors import SegError
+from seg.errors import ConfigError
 
 
 @dataclass
@@ -75,47 +79,81 @@ STARTING = StartRecord()
 
 class RunDirGuard(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Two sweeps started in the same second would share multirun/<date>/<time>/ and so train their
-        jobs into the same folders: claim a folder of its own, and hand it to the jobs as an override,
-        since Hydra composes each job's config afresh from the master config's overrides."""
-        with read_write(config.hydra), open_dict(config.hydra):
-            if _chosen(config, "hydra.sweep.dir"):
-                return
+        STARTING.begin([], set())
+        _guarded(_settle_sweep, config)
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        STARTING.begin([], set())
+        _guarded(_settle_run, config)
+
+
+def _guarded(settle: Callable[[DictConfig], None], config: DictConfig) -> None:
+    """Hydra only warns about an exception in a callback and goes on to write its record into the
+    folder, so every failure here stops the command (one line, exit 2) and removes what it created."""
+    try:
+        with user_errors("seg-train"):
+            settle(config)
+    except SystemExit:
+        STARTING.discard()
+        raise
+    except Exception as exc:  # not a user error: still never let Hydra go on and rewrite a run's record
+        STARTING.discard()
+        fail("seg-train", f"cannot settle the run folder ({type(exc).__name__}: {exc})")
+
+
+def _settle_sweep(config: DictConfig) -> None:
+    """Two sweeps started in the same second would share multirun/<date>/<time>/ and so train their
+    jobs into the same folders: claim a folder of its own, and hand it to the jobs as an override,
+    since Hydra composes each job's config afresh from the master config's overrides. A folder named
+    on the command line is used as named, but a new sweep there must not rewrite an earlier sweep's
+    job records; a resumed sweep (resume=auto) records each job's invocation beside the original."""
+    with read_write(config.hydra), open_dict(config.hydra):
+        if not _chosen(config, "hydra.sweep.dir"):
             claimed = _claim(Path(str(config.hydra.sweep.dir)))
             config.hydra.sweep.dir = str(claimed)
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(str(claimed))}")
+            return
+        sweep = Path(str(config.hydra.sweep.dir))
+        if config.get("resume"):
+            subdir = f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+            config.hydra.output_subdir = subdir
+            config.hydra.overrides.hydra.append(f"hydra.output_subdir={_quoted(subdir)}")
+            return
+        earlier = sorted(p.relative_to(sweep) for p in sweep.glob("*/checkpoints/*.pt"))
+        if earlier:
+            shown = ", ".join(str(p) for p in earlier[:3]) + (", ..." if len(earlier) > 3 else "")
+            raise ConfigError(
+                f"hydra.sweep.dir={sweep} already holds checkpoints of an earlier sweep ({shown}); they are "
+                "kept. Continue that sweep with the same command and resume=auto, or choose another hydra.sweep.dir."
+            )
 
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        resume = config.get("resume")
-        with read_write(config.hydra), open_dict(config.hydra):
-            if resume and resume != "auto":
-                checkpoint = Path(str(resume)).expanduser()
-                # Only a real checkpoint inside a run's checkpoints/ moves the run there.
-                if checkpoint.parent.name == "checkpoints" and zipfile.is_zipfile(checkpoint):
-                    config.hydra.run.dir = str(checkpoint.resolve().parent.parent)
-            # Resolve ${now:...} once, so the folder checked here is the folder Hydra creates.
-            config.hydra.run.dir = str(config.hydra.run.dir)
-            chosen = _chosen(config, "hydra.run.dir")
-            target = Path(os.path.abspath(config.hydra.run.dir))  # `a/../b` must not count `b` as new
-            new_folders = [p for p in (*reversed(target.parents), target) if not p.exists()]
-            if not resume and not chosen:
-                claimed = _claim(target)
-                config.hydra.run.dir = str(claimed)
-                new_folders = [*(p for p in new_folders if p != target), claimed]
-            subdir = config.hydra.output_subdir
-            STARTING.begin(new_folders, {f"{config.hydra.job.name}.log", *([Path(subdir).parts[0]] if subdir else [])})
-            run_dir = Path(config.get("run_dir") or config.hydra.run.dir)
-            try:
-                if resume:
-                    _check_resume(config, run_dir)
-                else:
-                    refuse_earlier_checkpoints(run_dir)
-            except SegError as exc:
-                STARTING.discard()  # the folder claimed above, still empty
-                fail("seg-train", str(exc))
-            if resume and (Path(config.hydra.run.dir) / ".hydra").is_dir():
-                config.hydra.output_subdir = f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}"
-                STARTING.resume_record = Path(os.path.abspath(config.hydra.run.dir)) / config.hydra.output_subdir
+
+def _settle_run(config: DictConfig) -> None:
+    resume = config.get("resume")
+    with read_write(config.hydra), open_dict(config.hydra):
+        if resume and resume != "auto":
+            checkpoint = Path(str(resume)).expanduser()
+            # Only a real checkpoint inside a run's checkpoints/ moves the run there.
+            if checkpoint.parent.name == "checkpoints" and zipfile.is_zipfile(checkpoint):
+                config.hydra.run.dir = str(checkpoint.resolve().parent.parent)
+        # Resolve ${now:...} and `a/../b` once, so the folder checked here is the folder Hydra creates.
+        target = Path(os.path.abspath(str(config.hydra.run.dir)))
+        config.hydra.run.dir = str(target)
+        new_folders = [p for p in (*reversed(target.parents), target) if not p.exists()]
+        if not resume and not _chosen(config, "hydra.run.dir"):
+            claimed = _claim(target)
+            config.hydra.run.dir = str(claimed)
+            new_folders = [*(p for p in new_folders if p != target), claimed]
+        subdir = config.hydra.output_subdir  # null: no record; `.`: files straight in the run folder
+        STARTING.begin(new_folders, {f"{config.hydra.job.name}.log", *(Path(subdir).parts[:1] if subdir else ())})
+        run_dir = Path(config.get("run_dir") or config.hydra.run.dir)
+        if resume:
+            _check_resume(config, run_dir)
+        else:
+            refuse_earlier_checkpoints(run_dir)
+        if resume and (Path(config.hydra.run.dir) / ".hydra").is_dir():
+            config.hydra.output_subdir = f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+            STARTING.resume_record = Path(config.hydra.run.dir) / config.hydra.output_subdir
 
 
 def _check_resume(config: DictConfig, run_dir: Path) -> None:
@@ -138,9 +176,8 @@ def _chosen(config: DictConfig, key: str) -> bool:
 
 
 def _quoted(value: str) -> str:
-    """A value for Hydra's override grammar: bare where it is plain, else single-quoted."""
-    if re.fullmatch(r"[A-Za-z0-9_./-]+", value):
-        return value
+    """A string value for Hydra's override grammar: always quoted (bare `null`, `10` or `1_000` would
+    be read as other types)."""
     # Inside quotes a backslash is an escape only before a quote (or the closing one).
     escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value).replace("'", "\\'")
     return f"'{escaped}'"

@@ -36,7 +36,7 @@ def test_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path: Path)
     for config in (first, second, named):
         RunDirGuard().on_multirun_start(config=config)
     assert Path(first.hydra.sweep.dir).name == "12-00-00" and Path(second.hydra.sweep.dir).name == "12-00-00-1"
-    assert second.hydra.overrides.hydra[-1] == f"hydra.sweep.dir={tmp_path / 'multirun' / '12-00-00-1'}"
+    assert second.hydra.overrides.hydra[-1] == f"hydra.sweep.dir='{tmp_path / 'multirun' / '12-00-00-1'}'"
     assert list(named.hydra.overrides.hydra) == ["hydra.sweep.dir=mine"]  # a folder the user named is kept
 
 

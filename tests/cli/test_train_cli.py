@@ -138,3 +138,43 @@ def test_only_new_folders_are_removed_and_each_run_starts_a_fresh_record(tmp_pat
     assert record.resume_record is None and not record.started
     record.discard()
     assert kept.is_dir()
+
+
+def test_a_failure_inside_the_folder_checks_stops_before_hydra_writes(tmp_path: Path) -> None:
+    """Hydra only warns about an exception in a callback and goes on: the guard must stop itself."""
+    first = run("seg-train", *TINY, "trainer.epochs=1", "hydra.run.dir=r", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    record = {p.name: p.read_bytes() for p in (tmp_path / "r" / ".hydra").glob("*.yaml")}
+    unresolved = run("seg-train", "resume=auto", "hydra.run.dir=r", "trainer.epochs=${oc.env:SEG_NOT_SET_ANYWHERE}",
+                     cwd=tmp_path)
+    assert_user_error(unresolved, "SEG_NOT_SET_ANYWHERE")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r" / ".hydra").glob("*.yaml")} == record
+    assert not list((tmp_path / "r" / ".hydra").glob("resume-*"))
+
+    flat = run("seg-train", "dataset=ph2", f"dataset.root={tmp_path / 'nowhere'}", "hydra.output_subdir=.",
+               cwd=tmp_path)
+    assert_user_error(flat, "PH2")
+    assert "raised" not in flat.stderr  # no callback exception that Hydra turned into a warning
+    dotted = run("seg-train", "dataset=ph2", f"dataset.root={tmp_path / 'nowhere'}", "hydra.run.dir=a/../fresh",
+                 cwd=tmp_path)
+    assert_user_error(dotted, "PH2")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "fresh").exists()
+
+
+def test_a_new_sweep_never_rewrites_an_earlier_sweeps_records(tmp_path: Path) -> None:
+    sweep = ["--multirun", *TINY, "trainer.epochs=1", "model.wf=2,3", "hydra.sweep.dir=S"]
+    first = run("seg-train", *sweep, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    record = {p: p.read_bytes() for p in (tmp_path / "S").rglob("*.yaml")}
+    again = run("seg-train", *sweep, cwd=tmp_path)
+    assert_user_error(again, "already holds checkpoints of an earlier sweep", "resume=auto")
+    assert {p: p.read_bytes() for p in (tmp_path / "S").rglob("*.yaml")} == record
+
+    resumed = run("seg-train", *sweep, "resume=auto", "trainer.epochs=2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for job in ("0", "1"):
+        hydra_dir = tmp_path / "S" / job / ".hydra"
+        assert (hydra_dir / "config.yaml").read_bytes() == record[hydra_dir / "config.yaml"]  # the original
+        (extra,) = hydra_dir.glob("resume-*")
+        assert yaml.safe_load((extra / "config.yaml").read_text())["trainer"]["epochs"] == 2
+        assert "epoch 2/2" in (tmp_path / "S" / job / "train.log").read_text()
