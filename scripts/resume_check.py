@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-import seg.engine.fit as fit_module  # noqa: E402
+import seg.train.fit as fit_module  # noqa: E402
 from seg.cli.common import config_dir  # noqa: E402
 
 SMALL = ["dataset.n_images=48", "dataset.image_size=64", "trainer.batch_size=8", "model.depth=3", "model.wf=3",

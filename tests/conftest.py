@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import DictConfig
+
+from tests.tiny import compose_cfg
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -25,3 +29,9 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present on this machine")
     return SHARED_DATA
+
+
+@pytest.fixture
+def tiny_cfg() -> Callable[..., DictConfig]:
+    """compose_cfg: the TINY training settings plus a test's overrides (tests/tiny.py)."""
+    return compose_cfg

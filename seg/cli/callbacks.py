@@ -32,8 +32,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
 from seg.cli.common import fail, user_errors
-from seg.engine.run import refuse_earlier_checkpoints
 from seg.errors import ConfigError
+from seg.train.run import refuse_earlier_checkpoints
 
 
 @dataclass
@@ -160,7 +160,7 @@ def _check_resume(config: DictConfig, run_dir: Path) -> None:
     """What can be checked without the data (the checkpoint file, group choices, the merged config's
     values), so a resume that cannot start leaves no record in the run's folder."""
     from seg.config import check_train_config
-    from seg.engine.resume import resumed_config
+    from seg.train.resume import resumed_config
 
     task = copy.deepcopy(config)
     with read_write(task), open_dict(task):

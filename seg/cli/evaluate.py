@@ -12,7 +12,7 @@ from seg.cli.common import config_dir, hydra_errors, interrupts, user_errors
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
 def _evaluate(cfg: DictConfig) -> None:
-    from seg.engine.evaluation import run_eval
+    from seg.inference.evaluate import run_eval
 
     with user_errors("seg-eval"):
         run_eval(cfg)

@@ -10,7 +10,7 @@ from seg.cli.common import config_dir, hydra_errors, interrupts, user_errors
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
 def _predict(cfg: DictConfig) -> None:
-    from seg.engine.prediction import run_predict
+    from seg.inference.predict import run_predict
 
     with user_errors("seg-predict"):
         run_predict(cfg)

@@ -25,8 +25,8 @@ _sweep_failures: list[str] = []
 
 def _run(cfg: DictConfig) -> dict[str, Any]:
     from seg.cli.callbacks import STARTING
-    from seg.engine.fit import fit  # imported here so --help and --cfg stay fast
-    from seg.engine.resume import resumed_config
+    from seg.train.fit import fit  # imported here so --help and --cfg stay fast
+    from seg.train.resume import resumed_config
 
     hc = HydraConfig.get()
     run_dir = Path(cfg.run_dir) if cfg.run_dir else Path(hc.runtime.output_dir)

@@ -28,6 +28,7 @@ import numpy as np
 import tifffile
 
 from seg.data.base import ArrayDataset, CachedArrayData, check_split
+from seg.data.io import scale_to_uint8
 from seg.errors import ConfigError, DatasetError
 from seg.weightmap import unet_weight_map
 
@@ -46,17 +47,6 @@ def read_stack(path: Path) -> np.ndarray:
     if stack.ndim != 3:
         raise DatasetError(f"{path} holds an array of shape {stack.shape}; expected grey pages (N, H, W)")
     return stack
-
-
-def to_uint8(stack: np.ndarray) -> np.ndarray:
-    """Stacks other than 8-bit are min-max scaled over the whole stack, so slices stay comparable."""
-    if stack.dtype == np.uint8:
-        return stack
-    values = stack.astype(np.float64)
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros(stack.shape, dtype=np.uint8)
-    return np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
 class ISBI2012Data(CachedArrayData):
@@ -133,7 +123,7 @@ class ISBI2012Data(CachedArrayData):
             raise ConfigError(
                 f"isbi2012: dataset.val_slices={self.val_slices} leaves no training slice out of {len(volume)}"
             )
-        self._volume, self._labels = to_uint8(volume), (labels > 0).astype(np.uint8)
+        self._volume, self._labels = scale_to_uint8(volume, volume_path), (labels > 0).astype(np.uint8)
         self._files = [volume_path, labels_path]
         width = len(str(len(volume) - 1))
         return [f"slice-{i:0{width}d}" for i in range(len(volume))]

@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
 from seg.data.base import ArrayDataset, CachedArrayData, check_split
-from seg.data.io import IMAGE_SUFFIXES, read_gray, read_label
+from seg.data.io import IMAGE_SUFFIXES, read_dicom_gray, read_gray, read_label
 from seg.data.rle import DECODERS, RLE_FORMS, read_rle_csv
 from seg.data.split import SPLITS
 from seg.errors import ConfigError, DatasetError
@@ -56,31 +55,6 @@ NO_STAGE1_IMAGES = (
     " (stage_2_images/ is the unlabelled stage-2 test set; the labelled images are the stage-1 DICOM "
     "folders, which the stage-2 download lacks: get them from a mirror of the stage-1 release)"
 )
-
-
-def read_dicom_gray(path: Path) -> np.ndarray:
-    """HxW uint8 from a single-frame grey DICOM.
-
-    SimpleITK >= 2.1 (ITK >= 5.2) already converts MONOCHROME1 to MONOCHROME2 while reading, so the
-    array is always "low = dark" and is not inverted again here. Other pixel types are min-max
-    rescaled to 0-255 (a 12-bit CR would otherwise be clipped).
-    """
-    try:
-        array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatasetError(f"cannot read DICOM {path}: {first}. Re-download or remove this file.") from None
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 2:
-        raise DatasetError(f"DICOM {path} has pixel array shape {array.shape}; expected one grey 2-D frame")
-    if array.dtype == np.uint8:
-        return array
-    values = array.astype(np.float64)
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
 def _names(items: Sequence[str], k: int = 5) -> str:

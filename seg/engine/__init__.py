@@ -1,1 +1,2 @@
-"""Training and evaluation: builders turn the config into objects, the loop runs them."""
+"""What training and inference share: builders (config -> objects), precision, seeding, the step
+and evaluation loop, learning-rate schedules, previews."""

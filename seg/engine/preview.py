@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from seg.data.io import safe_name
 from seg.engine.loop import StepSettings, to_device
 from seg.logger.overlay import overlay_panels
 from seg.metrics import prediction
@@ -14,7 +15,7 @@ from seg.metrics import prediction
 class Preview:
     def __init__(self, dataset: Dataset, indices: list[int], n_classes: int, threshold: float = 0.5) -> None:
         self.indices = indices
-        self.names = [_safe_tag(str(getattr(dataset, "ids", indices)[i])) for i in indices]
+        self.names = [safe_name(str(getattr(dataset, "ids", indices)[i])) for i in indices]
         # Random-crop datasets (LUNA training) would show a new crop each time: take them once.
         self.batch = default_collate([dataset[i] for i in indices]) if indices else None
         self.n_classes = n_classes
@@ -31,7 +32,3 @@ class Preview:
             logits = model(image)
         model.train(was_training)
         return overlay_panels(image, prediction(logits.float(), self.threshold), mask, self.n_classes).cpu()
-
-
-def _safe_tag(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)

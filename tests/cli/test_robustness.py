@@ -14,8 +14,8 @@ from seg.checkpoint import save_checkpoint
 from seg.cli.callbacks import _claim
 from seg.cli.common import interrupts, user_errors
 from seg.data.cache import decode_workers
-from seg.engine.evaluation import stored_config
 from seg.errors import ConfigError
+from seg.inference.core import stored_config
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:

@@ -13,8 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+from seg.data.io import read_dicom_gray
 from seg.data.rle import rle_encode
-from seg.data.siim import SIIMData, read_dicom_gray
+from seg.data.siim import SIIMData
 from seg.errors import ConfigError, DatasetError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -20,8 +20,8 @@ from recipe_fixtures import RECIPES, Recipe
 from seg.checkpoint import load_checkpoint
 from seg.data.base import IGNORE_INDEX
 from seg.engine import builders
-from seg.engine.evaluation import run_eval
-from seg.engine.fit import fit
+from seg.inference.evaluate import run_eval
+from seg.train.fit import fit
 
 SAME_AS_CHECKPOINT = ("dice", "iou", "loss")
 

@@ -20,11 +20,11 @@ from seg.engine import builders
 from seg.engine.amp import Amp
 from seg.engine.loop import StepSettings
 from seg.engine.preview import Preview
-from seg.engine.resume import find_resume, plain_config
 from seg.engine.seeding import rng_state, seed_everything, set_rng_state
 from seg.engine.state import EpochProgress, TrainState
 from seg.errors import CheckpointError, ConfigError
 from seg.metrics import SegMetrics
+from seg.train.resume import find_resume, plain_config
 
 log = logging.getLogger("seg")
 

@@ -9,65 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import Subset
 
-from seg.checkpoint import load_checkpoint, load_model_state, sha256
+from seg.checkpoint import load_checkpoint, sha256
 from seg.data.base import check_split
-from seg.data.cache import default_cache_dir
+from seg.data.io import safe_name
 from seg.engine import builders
 from seg.engine.loop import StepSettings, evaluate
-from seg.engine.preview import Preview, _safe_tag
-from seg.errors import CheckpointError, ConfigError
+from seg.engine.preview import Preview
+from seg.errors import ConfigError
+from seg.inference.core import load_model, output_dir
 from seg.logger.overlay import save_png
 from seg.metrics import SegMetrics, per_image_stats
 
 log = logging.getLogger("seg")
 
 SUMMARY_KEYS = ("dice", "iou", "precision", "recall", "f1", "dice_per_image")
-
-
-def default_out_dir(ckpt: Path, split: str) -> Path:
-    if ckpt.parent.name == "checkpoints":
-        return ckpt.parent.parent / "eval" / f"{ckpt.stem}-{split}"
-    return ckpt.parent / f"eval-{ckpt.stem}-{split}"
-
-
-def stored_config(ckpt: dict[str, Any], dataset_overrides: Any, path: Path) -> DictConfig:
-    config = ckpt.get("config")
-    if not isinstance(config, dict) or not all(k in config for k in ("dataset", "model", "loss")):
-        raise CheckpointError(
-            f"{path} carries no usable training config (dataset/model/loss); was it written by seg-train?"
-        )
-    cfg = OmegaConf.create(config)
-    if "cache_dir" in cfg.dataset:  # this machine's cache (SEG_CACHE_DIR), not the training machine's
-        cfg.dataset.cache_dir = str(default_cache_dir())
-    if dataset_overrides:
-        cfg.dataset = OmegaConf.merge(cfg.dataset, dataset_overrides)
-    return cfg
-
-
-def for_inference(model_cfg: DictConfig) -> DictConfig:
-    """Weights (and the input normalisation buffers) come from the checkpoint: never fetch pretrained
-    encoder weights again, and freezing means nothing for inference."""
-    model_cfg = model_cfg.copy()
-    if model_cfg.get("pretrained"):
-        model_cfg.pretrained = None
-    if model_cfg.get("freeze_encoder"):
-        model_cfg.freeze_encoder = False
-    return model_cfg
-
-
-def inference_settings(trainer: Any, precision: str | None, device: torch.device, *,
-                       autotune: bool = True) -> StepSettings:
-    """The training run's precision, memory layout and cuDNN autotuning: they change speed
-    (docs/benchmarks.md), not results beyond rounding. `precision` (seg-eval's or seg-predict's own)
-    overrides the stored one; `autotune=False` where input shapes vary, since cuDNN tunes every new
-    shape afresh."""
-    amp = builders.build_amp(str(precision or trainer.get("precision", "auto")), device, key="precision")
-    autotune = autotune and bool(trainer.get("cudnn_benchmark", True))
-    builders.set_determinism(bool(trainer.get("deterministic", False)), autotune, device)
-    return StepSettings(device, amp, builders.resolve_channels_last(trainer.get("channels_last"), amp))
 
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
@@ -79,15 +37,11 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"n_overlays must be >= 0, got {cfg.n_overlays}")
     if cfg.num_workers is not None and cfg.num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0 (0 loads data in the main process) or null, got {cfg.num_workers}")
-    train_cfg = stored_config(ckpt, cfg.dataset, path)
-    trainer = train_cfg.get("trainer", {})
-    device = builders.resolve_device(cfg.device, key="device")
-    settings = inference_settings(trainer, cfg.precision, device)
+    loaded = load_model(ckpt, path, device=cfg.device, precision=cfg.precision, dataset_overrides=cfg.dataset)
+    model, settings, train_cfg = loaded.model, loaded.settings, loaded.train_cfg
+    device, trainer = settings.device, train_cfg.get("trainer", {})
     data = builders.build_data(train_cfg.dataset)
     dataset = data.dataset(cfg.split)
-    model = builders.build(for_inference(train_cfg.model), "model")
-    load_model_state(model, ckpt["model"], path)
-    model.to(device, memory_format=settings.memory_format).eval()
     loss_fn = builders.build(train_cfg.loss, "loss").to(device)
     metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names,
                          kaggle=bool(getattr(data, "kaggle_metric", False)))
@@ -104,7 +58,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
             rows.append({"id": ids[index], "index": index, **scores})
 
     values = evaluate(model, loader, loss_fn, metrics, settings, desc=f"eval {cfg.split}", on_batch=collect)
-    out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else default_out_dir(path, cfg.split)
+    out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else output_dir(path, "eval", f"{path.stem}-{cfg.split}")
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {**values, "n_images": len(rows), "split": cfg.split, "checkpoint": str(path.resolve()),
               "checkpoint_sha256": digest, "epoch": ckpt.get("epoch")}
@@ -139,7 +93,7 @@ def _save_overlays(cfg: DictConfig, rows: list[dict[str, Any]], dataset: Any, n_
         panels = Preview(subset, list(range(len(part))), n_classes).render(model, settings)
         for rank, (row, panel) in enumerate(zip(part, panels), start=start):
             prefix = f"{rank:04d}_" if choice == "worst" else ""
-            save_png(panel, folder / f"{prefix}{_safe_tag(str(row['id']))}_dice{row['dice']:.3f}.png")
+            save_png(panel, folder / f"{prefix}{safe_name(str(row['id']))}_dice{row['dice']:.3f}.png")
     return len(chosen)
 
 

@@ -13,11 +13,11 @@ from omegaconf import DictConfig
 
 from seg.checkpoint import sha256
 from seg.engine.loop import EpochStats, evaluate, train_one_epoch
-from seg.engine.run import Run, start_run
-from seg.engine.signals import GracefulStop
 from seg.engine.state import EpochProgress
 from seg.errors import ConfigError
 from seg.logger.tensorboard import TensorBoardLogger
+from seg.train.run import Run, start_run
+from seg.train.signals import GracefulStop
 
 log = logging.getLogger("seg")
 

@@ -18,13 +18,14 @@ from seg.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from seg.config import PredictConfig
 from seg.data.rle import rle_decode, rle_decode_absolute
 from seg.engine.amp import Amp
-from seg.engine.evaluation import inference_settings
-from seg.engine.fit import fit
-from seg.engine.prediction import find_inputs, load_predictor, pad_to_multiple, predict_probs, run_predict
 from seg.errors import ConfigError, DatasetError
+from seg.inference.core import inference_settings, predict_probs
+from seg.inference.core import pad_to_stride as pad_to_multiple
+from seg.inference.predict import find_inputs, load_predictor, run_predict
 from seg.metrics import prediction
 from seg.models import UNet
-from tests.engine.conftest import compose_cfg
+from seg.train.fit import fit
+from tests.tiny import compose_cfg
 
 FP32 = Amp("32", "cpu", None, None)
 

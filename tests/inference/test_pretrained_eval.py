@@ -10,10 +10,10 @@ from hydra import compose, initialize_config_dir
 
 from seg.checkpoint import load_checkpoint
 from seg.cli.common import config_dir
-from seg.engine.evaluation import run_eval
-from seg.engine.fit import fit
+from seg.inference.evaluate import run_eval
 from seg.models.mobilenetv2 import MobileNetV2Encoder
-from tests.engine.conftest import compose_cfg
+from seg.train.fit import fit
+from tests.tiny import compose_cfg
 
 
 def test_pretrained_frozen_encoder_round_trip(tmp_path: Path) -> None:

@@ -21,20 +21,17 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from PIL import Image
 
-from seg.checkpoint import load_checkpoint, load_model_state, sha256
+from seg.checkpoint import load_checkpoint, sha256
 from seg.data.base import as_size, resize_image
-from seg.data.io import IMAGE_SUFFIXES, read_gray, read_rgb
+from seg.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_dicom_gray, read_gray, read_rgb
 from seg.data.rle import ENCODERS
-from seg.engine import builders
 from seg.engine.amp import Amp
-from seg.engine.evaluation import for_inference, inference_settings, stored_config
 from seg.errors import ConfigError, DatasetError
+from seg.inference.core import load_model, output_dir, predict_probs, stored_config
 
 log = logging.getLogger("seg")
 
-DICOM_SUFFIXES = (".dcm", ".dicom")
 INPUT_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES
-SIZE_MULTIPLE = 32  # the deepest stride of the models: inputs are padded up to it
 
 
 def find_inputs(path: Path, recursive: bool) -> list[Path]:
@@ -54,38 +51,9 @@ def find_inputs(path: Path, recursive: bool) -> list[Path]:
 def read_input(path: Path, channels: int) -> np.ndarray:
     """HxWxC uint8, as the training readers decode: grey for 1-channel models, RGB for 3."""
     if path.suffix.lower() in DICOM_SUFFIXES:
-        from seg.data.siim import read_dicom_gray
-
         gray = read_dicom_gray(path)
         return gray[..., None] if channels == 1 else np.repeat(gray[..., None], 3, axis=-1)
     return read_gray(path)[..., None] if channels == 1 else read_rgb(path)
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
-    """Pad H and W at the bottom/right up to a multiple (reflected where the image is big enough)."""
-    h, w = x.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
-
-
-@torch.no_grad()
-def predict_probs(model: torch.nn.Module, image: torch.Tensor, amp: Amp, tta: bool = False) -> torch.Tensor:
-    """Class probabilities [B,K,H,W] (K=1: foreground, by sigmoid) for images [B,C,H,W] in [0,1].
-    `tta` averages over the four flips (none, H, V, both), which makes the result flip-equivariant."""
-    h, w = image.shape[-2:]
-    flips = [(), (-1,), (-2,), (-2, -1)] if tta else [()]
-    total = None
-    for dims in flips:
-        x = pad_to_multiple(image.flip(dims) if dims else image)  # flipped before padding: exact equivariance
-        with amp.autocast():
-            logits = model(x)[..., :h, :w].float()
-        probs = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-        probs = probs.flip(dims) if dims else probs
-        total = probs if total is None else total + probs
-    return total / len(flips)
 
 
 def to_mask(probs: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
@@ -122,23 +90,11 @@ def load_predictor(cfg: DictConfig, ckpt: dict[str, Any], path: Path) -> Predict
             f"{path} was trained on {channels}-channel inputs ({train_cfg.dataset.get('_target_', '?')}); "
             "seg-predict reads 1-channel (grey) or 3-channel (RGB) images. Score such models with seg-eval."
         )
-    trainer = train_cfg.get("trainer", {})
-    device = builders.resolve_device(cfg.device, key="device")
     image_size = train_cfg.dataset.get("image_size")
     size = as_size(image_size) if image_size is not None else None
     # Inputs are resized to the training size; at native sizes each new shape would be autotuned.
-    settings = inference_settings(trainer, cfg.precision, device, autotune=size is not None)
-    model = builders.build(for_inference(train_cfg.model), "model")
-    load_model_state(model, ckpt["model"], path)
-    model = model.to(device, memory_format=settings.memory_format).eval()
-    return Predictor(model, settings.amp, device, channels, n_classes, size)
-
-
-def default_out_dir(ckpt: Path, source: Path) -> Path:
-    name = source.stem if source.is_file() else source.resolve().name
-    if ckpt.parent.name == "checkpoints":
-        return ckpt.parent.parent / "predictions" / name
-    return ckpt.parent / f"predictions-{name}"
+    loaded = load_model(ckpt, path, device=cfg.device, precision=cfg.precision, autotune=size is not None)
+    return Predictor(loaded.model, loaded.settings.amp, loaded.settings.device, channels, n_classes, size)
 
 
 def mask_paths(files: list[Path], root: Path) -> list[Path]:
@@ -184,7 +140,8 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"submission={form} writes run-length encoded binary masks, but this model has "
                           f"{predictor.n_classes} classes; leave submission=null (PNG masks hold the class ids)")
     files = find_inputs(source, bool(cfg.recursive))
-    out = Path(cfg.out_dir).expanduser() if cfg.out_dir else default_out_dir(path, source)
+    name = source.stem if source.is_file() else source.resolve().name
+    out = Path(cfg.out_dir).expanduser() if cfg.out_dir else output_dir(path, "predictions", name)
     _make_out_dir(out)
     targets = dict(zip(files, mask_paths(files, source if source.is_dir() else source.parent)))
     rows: list[dict[str, Any]] = []

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -31,8 +29,3 @@ def compose_cfg(overrides: list[str], run_dir: Path | None = None) -> DictConfig
         with open_dict(cfg):
             cfg.run_dir = str(run_dir)
     return cfg
-
-
-@pytest.fixture
-def tiny_cfg() -> Callable[..., DictConfig]:
-    return compose_cfg

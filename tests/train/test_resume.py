@@ -11,10 +11,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from seg.checkpoint import load_checkpoint
-from seg.engine.fit import fit
-from seg.engine.resume import differences, override_key, resumed_config
 from seg.errors import CheckpointError, ConfigError
-from tests.engine.conftest import compose_cfg
+from seg.train.fit import fit
+from seg.train.resume import differences, override_key, resumed_config
+from tests.tiny import compose_cfg
 
 GROUPS = {"dataset", "model", "loss", "augmentation", "optimizer", "scheduler", "experiment"}
 ORIGINAL = ["model.wf=2", "loss=bce", "trainer.batch_size=5", "optimizer.lr=0.003"]

@@ -11,9 +11,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from seg.checkpoint import load_checkpoint
-from seg.engine.fit import fit
 from seg.errors import CheckpointError, ConfigError
-from tests.engine.conftest import compose_cfg
+from seg.train.fit import fit
+from tests.tiny import compose_cfg
 
 
 def test_short_training_through_fit(tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_resume_gives_the_same_weights_as_training_straight(tmp_path: Path) -> N
 
 def _fit_interrupted(cfg, run_dir: Path, stop_after_steps: int) -> None:
     """Train with the full schedule but stop (as SIGINT would) after `stop_after_steps` optimizer steps."""
-    import seg.engine.fit as fit_module
+    import seg.train.fit as fit_module
 
     real, steps = fit_module.train_one_epoch, {"n": 0}
 
@@ -222,9 +222,9 @@ def test_the_data_wait_warning_tells_a_slow_loader_from_a_slow_start(delays, ste
     from types import SimpleNamespace
 
     from seg.engine.amp import Amp
-    from seg.engine.fit import _log_train
     from seg.engine.loop import StepSettings, train_one_epoch
     from seg.losses import DiceBCELoss
+    from seg.train.fit import _log_train
 
     model = _SlowStep(1, 1, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -14,10 +14,10 @@ import torch
 
 from seg.checkpoint import load_checkpoint
 from seg.engine.builders import build_amp, build_model
-from seg.engine.fit import fit
 from seg.engine.loop import _clip
 from seg.errors import ConfigError
-from tests.engine.conftest import compose_cfg
+from seg.train.fit import fit
+from tests.tiny import compose_cfg
 
 
 @pytest.mark.parametrize("precision, scaler", [("32", False), ("bf16", False), ("16", True)])
@@ -147,7 +147,7 @@ def test_fused_optimizers_are_chosen_for_cuda_and_run() -> None:
 
 
 def test_deterministic_sets_the_torch_flags_and_a_default_run_clears_them(tmp_path: Path) -> None:
-    import seg.engine.run as run_module
+    import seg.train.run as run_module
 
     seen = {}
     real = run_module.builders.build_model

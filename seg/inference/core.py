@@ -1,0 +1,122 @@
+"""Run a checkpoint's model over images as its training did: the one core that seg-eval and
+seg-predict (and later sliding windows, post-processing and export) share.
+
+A checkpoint carries its training config; the model is rebuilt from it, loaded with the stored
+weights and run with the training's precision and memory layout (they change speed, not results
+beyond rounding: docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from seg.checkpoint import load_model_state
+from seg.data.cache import default_cache_dir
+from seg.engine import builders
+from seg.engine.amp import Amp
+from seg.engine.loop import StepSettings
+from seg.errors import CheckpointError
+
+SIZE_MULTIPLE = 32  # the deepest stride of the models: inputs are padded up to it
+
+
+def output_dir(ckpt: Path, kind: str, name: str) -> Path:
+    """Where a command writes for a checkpoint by default: `<run>/<kind>/<name>` for a checkpoint in
+    a run's checkpoints/ folder, `<its folder>/<kind>-<name>` for a loose one."""
+    if ckpt.parent.name == "checkpoints":
+        return ckpt.parent.parent / kind / name
+    return ckpt.parent / f"{kind}-{name}"
+
+
+def stored_config(ckpt: dict[str, Any], dataset_overrides: Any, path: Path) -> DictConfig:
+    """The training config stored in a checkpoint, with this machine's cache folder and the
+    command's `dataset.*` overrides on top."""
+    config = ckpt.get("config")
+    if not isinstance(config, dict) or not all(k in config for k in ("dataset", "model", "loss")):
+        raise CheckpointError(
+            f"{path} carries no usable training config (dataset/model/loss); was it written by seg-train?"
+        )
+    cfg = OmegaConf.create(config)
+    if "cache_dir" in cfg.dataset:  # this machine's cache (SEG_CACHE_DIR), not the training machine's
+        cfg.dataset.cache_dir = str(default_cache_dir())
+    if dataset_overrides:
+        cfg.dataset = OmegaConf.merge(cfg.dataset, dataset_overrides)
+    return cfg
+
+
+def for_inference(model_cfg: DictConfig) -> DictConfig:
+    """Weights (and the input normalisation buffers) come from the checkpoint: never fetch pretrained
+    encoder weights again, and freezing means nothing for inference."""
+    model_cfg = model_cfg.copy()
+    if model_cfg.get("pretrained"):
+        model_cfg.pretrained = None
+    if model_cfg.get("freeze_encoder"):
+        model_cfg.freeze_encoder = False
+    return model_cfg
+
+
+def inference_settings(trainer: Any, precision: str | None, device: torch.device, *,
+                       autotune: bool = True) -> StepSettings:
+    """The training run's precision, memory layout and cuDNN autotuning. `precision` (seg-eval's or
+    seg-predict's own) overrides the stored one; `autotune=False` where input shapes vary, since cuDNN
+    tunes every new shape afresh."""
+    amp = builders.build_amp(str(precision or trainer.get("precision", "auto")), device, key="precision")
+    autotune = autotune and bool(trainer.get("cudnn_benchmark", True))
+    builders.set_determinism(bool(trainer.get("deterministic", False)), autotune, device)
+    return StepSettings(device, amp, builders.resolve_channels_last(trainer.get("channels_last"), amp))
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint's model in eval mode on its device, with the settings to run it and the config
+    it was trained with."""
+
+    model: torch.nn.Module
+    settings: StepSettings
+    train_cfg: DictConfig
+
+
+def load_model(ckpt: dict[str, Any], path: Path, *, device: str, precision: str | None,
+               dataset_overrides: Any = None, autotune: bool = True) -> LoadedModel:
+    """Rebuild the stored model, load its weights, and put it on `device` in the training's layout."""
+    train_cfg = stored_config(ckpt, dataset_overrides, path)
+    settings = inference_settings(train_cfg.get("trainer", {}), precision,
+                                  builders.resolve_device(device, key="device"), autotune=autotune)
+    model = builders.build(for_inference(train_cfg.model), "model")
+    load_model_state(model, ckpt["model"], path)
+    model = model.to(settings.device, memory_format=settings.memory_format).eval()
+    return LoadedModel(model, settings, train_cfg)
+
+
+def pad_to_stride(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
+    """Pad H and W at the bottom/right up to a multiple (reflected where the image is big enough), so
+    the output's top-left [:h, :w] lines up with the input."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, image: torch.Tensor, amp: Amp, tta: bool = False) -> torch.Tensor:
+    """Class probabilities [B,K,H,W] (K=1: foreground, by sigmoid) for images [B,C,H,W] in [0,1].
+    `tta` averages over the four flips (none, H, V, both), which makes the result flip-equivariant."""
+    h, w = image.shape[-2:]
+    flips = [(), (-1,), (-2,), (-2, -1)] if tta else [()]
+    total = None
+    for dims in flips:
+        x = pad_to_stride(image.flip(dims) if dims else image)  # flipped before padding: exact equivariance
+        with amp.autocast():
+            logits = model(x)[..., :h, :w].float()
+        probs = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+        probs = probs.flip(dims) if dims else probs
+        total = probs if total is None else total + probs
+    return total / len(flips)
