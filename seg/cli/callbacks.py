@@ -1,15 +1,14 @@
 """Hydra callback for seg-train: settle the run (or sweep) folder before Hydra writes anything into it.
 
 Hydra saves `.hydra/config.yaml` and `overrides.yaml` into the run folder before the task starts, so
-the checks must run earlier, at `on_run_start`:
+the folder is settled earlier, at `on_run_start`, by the same `plan_run` that sweep jobs and `fit` use:
 - a new run aimed at a folder that already holds checkpoints stops here (exit 2), leaving that run's
-  `.hydra/` record as it was;
+  `.hydra/` record as it was; a missing resume checkpoint stops here too;
 - `resume=PATH/checkpoints/last.pt` runs in that run's own folder (its train.log goes on there);
-- a resume that cannot start (not a checkpoint, another model class, bad values) stops here too;
 - a resumed invocation records its config under `.hydra/resume-<time>/`, keeping the original;
-- what this invocation creates is noted in STARTING, so that a run stopped at start by a user error
-  can remove it again (seg.cli.train) instead of leaving an empty run, or the record of a resume that
-  never ran, behind;
+- what this invocation creates is noted in the guard's StartRecord, so that a run stopped at start by
+  a user error (seg.train.plan.StartFailed, seen in `on_run_end`) removes it again instead of leaving
+  an empty run, or the record of a resume that never ran, behind;
 - a sweep gets a folder of its own, and a new sweep into a named folder with checkpoints stops here
   (`on_multirun_start`).
 Any failure in here stops the command: Hydra would only warn and go on writing.
@@ -17,23 +16,22 @@ Any failure in here stops the command: Hydra would only warn and go on writing.
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import shutil
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
 from seg.cli.common import fail, user_errors
-from seg.errors import ConfigError
-from seg.train.run import refuse_earlier_checkpoints
+from seg.errors import ConfigError, SegError
+from seg.train.plan import StartFailed, plan_run
 
 
 @dataclass
@@ -74,31 +72,42 @@ class StartRecord:
                 break
 
 
-STARTING = StartRecord()
-
-
 class RunDirGuard(Callback):
+    def __init__(self) -> None:
+        self.record = StartRecord()
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        STARTING.begin([], set())
-        _guarded(_settle_sweep, config)
+        self._guarded(_settle_sweep, config)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        STARTING.begin([], set())
-        _guarded(_settle_run, config)
+        self.record.begin([], set())
+        self._guarded(lambda c: _settle_run(c, self.record), config)
 
+    def on_run_end(self, config: DictConfig, job_return: JobReturn | None = None, **kwargs: Any) -> None:
+        """Hydra hands the task's exception over here before it re-raises it with a line of its own
+        ("Error executing job ..."): a user error is reported here, as one line, and ends the command."""
+        if job_return is None or job_return.status != JobStatus.FAILED:
+            return
+        error = getattr(job_return, "_return_value", None)
+        if isinstance(error, StartFailed):
+            self.record.discard()
+        else:
+            self.record.mark_started()
+        if isinstance(error, SegError):
+            fail("seg-train", str(error))
 
-def _guarded(settle: Callable[[DictConfig], None], config: DictConfig) -> None:
-    """Hydra only warns about an exception in a callback and goes on to write its record into the
-    folder, so every failure here stops the command (one line, exit 2) and removes what it created."""
-    try:
-        with user_errors("seg-train"):
-            settle(config)
-    except SystemExit:
-        STARTING.discard()
-        raise
-    except Exception as exc:  # not a user error: still never let Hydra go on and rewrite a run's record
-        STARTING.discard()
-        fail("seg-train", f"cannot settle the run folder ({type(exc).__name__}: {exc})")
+    def _guarded(self, settle: Callable[[DictConfig], None], config: DictConfig) -> None:
+        """Hydra only warns about an exception in a callback and goes on to write its record into the
+        folder, so every failure here stops the command (one line, exit 2) and removes what it created."""
+        try:
+            with user_errors("seg-train"):
+                settle(config)
+        except SystemExit:
+            self.record.discard()
+            raise
+        except Exception as exc:  # not a user error: still never let Hydra go on and rewrite a run's record
+            self.record.discard()
+            fail("seg-train", f"cannot settle the run folder ({type(exc).__name__}: {exc})")
 
 
 def _settle_sweep(config: DictConfig) -> None:
@@ -128,46 +137,32 @@ def _settle_sweep(config: DictConfig) -> None:
             )
 
 
-def _settle_run(config: DictConfig) -> None:
-    resume = config.get("resume")
+def _settle_run(config: DictConfig, record: StartRecord) -> None:
     with read_write(config.hydra), open_dict(config.hydra):
-        if resume and resume != "auto":
-            checkpoint = Path(str(resume)).expanduser()
-            # Only a real checkpoint inside a run's checkpoints/ moves the run there.
-            if checkpoint.parent.name == "checkpoints" and zipfile.is_zipfile(checkpoint):
-                config.hydra.run.dir = str(checkpoint.resolve().parent.parent)
         # Resolve ${now:...} and `a/../b` once, so the folder checked here is the folder Hydra creates.
         target = Path(os.path.abspath(str(config.hydra.run.dir)))
-        config.hydra.run.dir = str(target)
-        new_folders = [p for p in (*reversed(target.parents), target) if not p.exists()]
-        if not resume and not _chosen(config, "hydra.run.dir"):
+        new_folders = _missing(target)
+        if not config.get("resume") and not _chosen(config, "hydra.run.dir"):
+            # Claimed before the plan: a run started in the same second may own `target` already.
             claimed = _claim(target)
-            config.hydra.run.dir = str(claimed)
             new_folders = [*(p for p in new_folders if p != target), claimed]
+            target = claimed
         subdir = config.hydra.output_subdir  # null: no record; `.`: files straight in the run folder
-        STARTING.begin(new_folders, {f"{config.hydra.job.name}.log", *(Path(subdir).parts[:1] if subdir else ())})
-        run_dir = Path(config.get("run_dir") or config.hydra.run.dir)
-        if resume:
-            _check_resume(config, run_dir)
-        else:
-            refuse_earlier_checkpoints(run_dir)
-        if resume and (Path(config.hydra.run.dir) / ".hydra").is_dir():
+        record.begin(new_folders, {f"{config.hydra.job.name}.log", *(Path(subdir).parts[:1] if subdir else ())})
+        given = Path(config.get("run_dir") or target)
+        plan = plan_run(config, given)  # a refusal here removes the folder just claimed
+        if plan.run_dir != given:  # resume=PATH in a run's checkpoints/: that run's own folder
+            target = plan.run_dir
+            record.new_folders = _missing(target)
+        config.hydra.run.dir = str(target)
+        if plan.resuming and (target / ".hydra").is_dir():
             config.hydra.output_subdir = f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}"
-            STARTING.resume_record = Path(config.hydra.run.dir) / config.hydra.output_subdir
+            record.resume_record = target / config.hydra.output_subdir
 
 
-def _check_resume(config: DictConfig, run_dir: Path) -> None:
-    """What can be checked without the data (the checkpoint file, group choices, the merged config's
-    values), so a resume that cannot start leaves no record in the run's folder."""
-    from seg.config import check_train_config
-    from seg.train.resume import resumed_config
-
-    task = copy.deepcopy(config)
-    with read_write(task), open_dict(task):
-        del task["hydra"]
-    overrides = list(config.hydra.overrides.task)
-    merged = resumed_config(task, run_dir, overrides, groups=set(config.hydra.runtime.choices), quiet=True)
-    check_train_config(merged)
+def _missing(folder: Path) -> list[Path]:
+    """The folders that creating `folder` adds, outermost first."""
+    return [p for p in (*reversed(folder.parents), folder) if not p.exists()]
 
 
 def _chosen(config: DictConfig, key: str) -> bool:

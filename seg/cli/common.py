@@ -40,15 +40,25 @@ def user_errors(prog: str) -> Iterator[None]:
     """A mistake the user can fix becomes one line on stderr and exit code 2, never a traceback."""
     try:
         yield
-    except SegError as exc:
-        _fail(prog, str(exc))
-    except MissingMandatoryValue as exc:
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None:
+            raise
+        _fail(prog, message)
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The one line to show for a mistake the user can fix, or None for a bug (keep its traceback)."""
+    if isinstance(exc, SegError):
+        return str(exc)
+    if isinstance(exc, MissingMandatoryValue):
         key = getattr(exc, "full_key", "") or "a value"
-        _fail(prog, f"missing required config value {key}: set it on the command line, e.g. {key}=...")
-    except OmegaConfBaseException as exc:
-        _fail(prog, f"invalid configuration: {str(exc).splitlines()[0]}")
-    except OSError as exc:  # a path that cannot be written or read: the file system's own words
-        _fail(prog, describe_os_error(exc))
+        return f"missing required config value {key}: set it on the command line, e.g. {key}=..."
+    if isinstance(exc, OmegaConfBaseException):
+        return f"invalid configuration: {str(exc).splitlines()[0]}"
+    if isinstance(exc, OSError):  # a path that cannot be written or read: the file system's own words
+        return describe_os_error(exc)
+    return None
 
 
 def describe_os_error(exc: OSError) -> str:

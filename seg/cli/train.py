@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from seg.cli.common import EXIT_USER_ERROR, config_dir, hydra_errors, interrupts, user_errors
+from seg.cli.common import EXIT_USER_ERROR, config_dir, hydra_errors, interrupts, user_errors, user_message
 from seg.errors import SegError
 
 log = logging.getLogger("seg")
@@ -23,16 +23,26 @@ PROG = "seg-train"
 _sweep_failures: list[str] = []
 
 
-def _run(cfg: DictConfig) -> dict[str, Any]:
-    from seg.cli.callbacks import STARTING
+def _run(cfg: DictConfig, hc: Any) -> dict[str, Any]:
+    """Plan the folder (the callback already settled it for a single run; a sweep job plans its own),
+    take the stored config when resuming, train. A user error before the run is built is a
+    StartFailed, so the run-folder guard removes what this invocation created."""
     from seg.train.fit import fit  # imported here so --help and --cfg stay fast
+    from seg.train.plan import StartFailed, plan_run
     from seg.train.resume import resumed_config
 
-    hc = HydraConfig.get()
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else Path(hc.runtime.output_dir)
-    if cfg.resume:
-        cfg = resumed_config(cfg, run_dir, list(hc.overrides.task), groups=set(hc.runtime.choices))
-    return fit(cfg, run_dir, on_start=STARTING.mark_started)
+    plan = None
+    try:
+        plan = plan_run(cfg, Path(cfg.run_dir) if cfg.run_dir else Path(hc.runtime.output_dir))
+        if plan.resuming:
+            cfg = resumed_config(cfg, plan, list(hc.overrides.task), groups=set(hc.runtime.choices))
+        return fit(cfg, plan)
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None:  # a bug: its traceback
+            raise
+        failure = SegError if plan is not None and plan.started else StartFailed
+        raise failure(message) from None
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
@@ -41,28 +51,21 @@ def _train(cfg: DictConfig) -> float:
     if hc.mode == RunMode.MULTIRUN:
         # One bad combination of a sweep is reported, and the other jobs still run.
         try:
-            result = _run(cfg)
+            result = _run(cfg, hc)
         except SegError as exc:
             _sweep_failures.append(f"job {hc.job.num} ({' '.join(hc.overrides.task)}): {exc}")
             log.error("%s: job %s failed: %s", PROG, hc.job.num, exc)
             return math.nan
     else:
-        try:
-            with user_errors(PROG):
-                result = _run(cfg)
-        except SystemExit as exc:
-            if exc.code == EXIT_USER_ERROR:
-                from seg.cli.callbacks import STARTING
-
-                STARTING.discard()  # only what this invocation created, and only before the run started
-            raise
+        result = _run(cfg, hc)  # a SegError reaches the guard's on_run_end, then main()
     if result.get("stopped_by"):  # saved and stopped by a signal: not a finished run, for schedulers too
         raise SystemExit(128 + signal.Signals[result["stopped_by"]].value)
     return float(result["best_score"])  # the value a sweeper optimises
 
 
 def main() -> None:
-    with interrupts(PROG), hydra_errors(PROG):  # a signal before training, or a second one during it
+    # interrupts: a signal before training, or a second one during it; user_errors: the task's SegError
+    with interrupts(PROG), user_errors(PROG), hydra_errors(PROG):
         _train()
     if _sweep_failures:
         print(f"{PROG}: error: {len(_sweep_failures)} sweep job(s) failed:\n  " + "\n  ".join(_sweep_failures),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,21 @@ from omegaconf import DictConfig
 from seg.checkpoint import sha256
 from seg.engine.loop import EpochStats, evaluate, train_one_epoch
 from seg.engine.state import EpochProgress
-from seg.errors import ConfigError
 from seg.logger.tensorboard import TensorBoardLogger
+from seg.train.plan import RunPlan, plan_run
 from seg.train.run import Run, start_run
 from seg.train.signals import GracefulStop
 
 log = logging.getLogger("seg")
 
 
-def fit(cfg: DictConfig, run_dir: Path, *, on_start: Callable[[], None] | None = None) -> dict[str, Any]:
-    """`on_start` is called once the run is built (and restored): from then on a failure is no longer
-    a failed start (seg-train cleans up only after those)."""
-    run = start_run(cfg, run_dir)
-    if on_start is not None:
-        on_start()
+def fit(cfg: DictConfig, plan: RunPlan | Path) -> dict[str, Any]:
+    """Train the run `plan` describes (a bare folder is planned here: tests and scripts). Once the
+    run is built (and restored) `plan.started` is set: from then on a failure is no longer a failed
+    start, after which seg-train removes what the invocation created."""
+    plan = plan if isinstance(plan, RunPlan) else plan_run(cfg, plan)
+    run = start_run(cfg, plan)
+    plan.started = True
     t, state = cfg.trainer, run.state
     tb = TensorBoardLogger(run.run_dir / "tb", purge_step=state.epoch + 1 if cfg.resume else None)
     if state.epoch >= t.epochs:
@@ -110,10 +110,7 @@ def validate(run: Run, tb: TensorBoardLogger, epoch: int) -> None:
         panels = preview.render(run.model, run.step)
         if panels is not None:
             tb.panels(f"{split}/overlay", panels, epoch, preview.names)
-    if t.monitor not in state.metrics:
-        raise ConfigError(
-            f"trainer.monitor={t.monitor!r} is not a validation metric; available: {sorted(state.metrics)}"
-        )
+    # start_run checked that trainer.monitor is among these names
     score = state.metrics[t.monitor]
     improved = state.improves(score, run.mode)
     if improved:

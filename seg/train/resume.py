@@ -15,8 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from seg.checkpoint import load_checkpoint
 from seg.errors import CheckpointError, ConfigError
+from seg.train.plan import RunPlan, plan_run
 
 log = logging.getLogger("seg")
 
@@ -28,18 +28,6 @@ ROUTINE = ("trainer.epochs", "trainer.num_workers", "trainer.device", "trainer.p
            "trainer.cudnn_benchmark", "trainer.deterministic", "dataset.root", "dataset.cache_dir")
 RUN_GROUPS = ("dataset", "model", "loss", "augmentation", "optimizer", "scheduler")
 CHANGES_SHOWN = 4
-
-
-def find_resume(resume: str | None, run_dir: Path) -> Path | None:
-    if not resume:
-        return None
-    path = run_dir / "checkpoints" / "last.pt" if resume == "auto" else Path(resume).expanduser()
-    if not path.is_file():
-        raise CheckpointError(
-            f"resume={resume}: no checkpoint at {path}. Pass resume=PATH/last.pt, or resume=auto together "
-            "with hydra.run.dir=<the run directory> to continue that run."
-        )
-    return path
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:
@@ -82,21 +70,20 @@ def _shown(items: list[str]) -> str:
 
 
 def resumed_config(
-    cfg: DictConfig, run_dir: Path, overrides: Sequence[str], groups: Collection[str], quiet: bool = False
+    cfg: DictConfig, plan: RunPlan | Path, overrides: Sequence[str], groups: Collection[str]
 ) -> DictConfig:
     """The checkpoint's stored config with the command line's `key=value` overrides on top.
 
-    `cfg` is the config composed from this command line, `overrides` its override strings and
-    `groups` the config-group names (so `model=segnet` is told apart from `seed=3`). The checkpoint
-    is read here, before anything is written, so a wrong file fails first. `quiet`: check only,
-    without logging the differences (seg-train's early check; the run logs them once)."""
-    path = find_resume(cfg.resume, run_dir)
-    if path is None:
+    `cfg` is the config composed from this command line, `plan` the invocation's RunPlan (or the
+    folder to plan it from), `overrides` its override strings and `groups` the config-group names (so
+    `model=segnet` is told apart from `seed=3`). The checkpoint is read here, before anything is
+    written, so a wrong file fails first."""
+    plan = plan if isinstance(plan, RunPlan) else plan_run(cfg, plan)
+    if plan.resume_from is None:
         raise ValueError("resumed_config() is for configs with resume set")
-    ckpt = load_checkpoint(path, mmap=True)  # only the config and keys are needed: tensors stay on disk
-    stored = ckpt.get("config")
-    if not isinstance(stored, dict) or "trainer" not in stored or "optimizer" not in ckpt or "rng" not in ckpt:
-        raise CheckpointError(f"{path} has no training state to resume from (was it exported for inference only?)")
+    path, stored = plan.resume_from, plan.checkpoint().get("config")
+    if not isinstance(stored, dict) or "trainer" not in stored:
+        raise CheckpointError(f"{path} has no training config to resume (was it written by seg-train?)")
     composed = plain_config(cfg)
     given = OmegaConf.create(composed)
     keys = [override_key(o) for o in overrides]
@@ -104,10 +91,10 @@ def resumed_config(
     for key in (k for k in keys if k not in groups):
         OmegaConf.update(merged, key, OmegaConf.select(given, key), force_add=True)
     # The cache is this machine's (SEG_CACHE_DIR or dataset.cache_dir now), not the one that trained.
-    if isinstance(merged.get("dataset"), DictConfig) and "cache_dir" in merged.dataset:
-        current = composed.get("dataset", {}).get("cache_dir")
-        if current is not None:
-            merged.dataset.cache_dir = current
+    # null (the default) means this machine's default_cache_dir(), so it is copied too.
+    dataset = merged.get("dataset")
+    if isinstance(dataset, DictConfig) and "cache_dir" in dataset and "cache_dir" in composed.get("dataset", {}):
+        merged.dataset.cache_dir = composed["dataset"]["cache_dir"]
     chosen = [o for o, k in zip(overrides, keys) if k in groups]
     if chosen:
         # What a choice selects is its nodes' `_target_`s (a recipe selects them all): those must match
@@ -123,11 +110,11 @@ def resumed_config(
                 f"{_shown(targets)}. Drop the group choices (keep key=value overrides such as trainer.epochs=40), "
                 "or start a new run"
             )
-        if changed and not quiet:
+        if changed:
             log.warning("resume: %s selects settings that differ from the stored run's; the stored ones are kept: "
                         "%s (name a key=value to change one)", " ".join(chosen), _shown(changed))
     changed = differences(stored, OmegaConf.to_container(merged), skip=INVOCATION_KEYS)  # type: ignore[arg-type]
-    if changed and not quiet:
+    if changed:
         notable = differences(stored, OmegaConf.to_container(merged), skip=(*INVOCATION_KEYS, *ROUTINE))  # type: ignore[arg-type]
         report = log.warning if notable else log.info
         report("resuming with settings changed from the stored run: %s", _shown(changed))

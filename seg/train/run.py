@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from seg.checkpoint import load_checkpoint, load_model_state, make_checkpoint, save_checkpoint
+from seg.checkpoint import load_model_state, make_checkpoint, save_checkpoint
 from seg.config import check_train_config
 from seg.data.base import SegDataModule
 from seg.data.split import write_split
@@ -24,7 +24,8 @@ from seg.engine.seeding import rng_state, seed_everything, set_rng_state
 from seg.engine.state import EpochProgress, TrainState
 from seg.errors import CheckpointError, ConfigError
 from seg.metrics import SegMetrics
-from seg.train.resume import find_resume, plain_config
+from seg.train.plan import RunPlan
+from seg.train.resume import plain_config
 
 log = logging.getLogger("seg")
 
@@ -74,56 +75,22 @@ class Run:
         ), self.ckpt_dir / name)  # fmt: skip
 
 
-def refuse_earlier_checkpoints(run_dir: Path) -> None:
-    """A new run never writes into a folder holding another run's checkpoints."""
-    earlier = sorted((run_dir / "checkpoints").glob("*.pt"))
-    if earlier:
-        raise ConfigError(
-            f"{run_dir} already holds checkpoints of an earlier run ({', '.join(p.name for p in earlier)}); "
-            "they are kept. Continue that run with resume=auto, or train into another hydra.run.dir."
-        )
-
-
-def start_run(cfg: DictConfig, run_dir: Path) -> Run:
-    """Check the config and the run folder, build data, loss, model, augmentation, optimizer, scheduler,
-    loaders and metrics (any of them can still refuse the config), restore a checkpoint when resuming,
-    and only then write the split: a failure before that point leaves the run folder untouched."""
+def start_run(cfg: DictConfig, plan: RunPlan) -> Run:
+    """Check the config, build data, loss, model, augmentation, optimizer, scheduler, loaders and
+    metrics (any of them can still refuse the config), restore the checkpoint when resuming, and only
+    then write the split: a failure before that point leaves the run folder untouched."""
     check_train_config(cfg)
     t = cfg.trainer
     mode = str(getattr(t.monitor_mode, "value", t.monitor_mode))
-    resume_path = find_resume(cfg.resume, run_dir)
-    if resume_path is None:
-        refuse_earlier_checkpoints(run_dir)
-    if resume_path is not None and cfg.resume != "auto" and resume_path.parent.name == "checkpoints":
-        run_dir = resume_path.parent.parent  # continue the same run directory and TensorBoard run
-    # A loose copy (backup/old.pt) continues in this invocation's own folder, never in its parent's.
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # before anything draws: weight init, previews of random-crop items
     device = builders.resolve_device(t.device)
     builders.set_determinism(bool(t.deterministic), bool(t.cudnn_benchmark), device)
     amp = builders.build_amp(str(t.precision), device)
     channels_last = builders.resolve_channels_last(t.channels_last, amp)
-
-    data = builders.build_data(cfg.dataset)
-    split = data.split_ids()
+    data, split, loss_fn, val_metrics = _build_data(cfg)
+    if plan.resuming:
+        _check_same_split(plan.run_dir / "split.json", split)
     train_ds, val_ds = data.dataset("train"), data.dataset("val")
-    if len(train_ds) == 0 or len(val_ds) == 0:
-        raise ConfigError(
-            f"the {type(data).__name__} split has {len(train_ds)} training and {len(val_ds)} validation "
-            "item(s); both need at least one (check dataset.split ratios and the number of cases)"
-        )
-    loss_fn = builders.build(cfg.loss, "loss")
-    _check_loss_fits(loss_fn, train_ds[0], data.n_classes)
-    kaggle = bool(getattr(data, "kaggle_metric", False))
-    val_metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names, kaggle=kaggle)
-    monitors = sorted({f"val/{k}" for k in val_metrics.compute()} | {"val/loss"})  # the names, from no data
-    val_metrics.reset()  # compute() on no data set up CPU counters; the first update picks the device
-    if t.monitor not in monitors:
-        raise ConfigError(f"trainer.monitor={t.monitor!r} is not a validation metric; available: {monitors}")
-    if resume_path is not None:
-        _check_same_split(run_dir / "split.json", split)
-    log.info("data: %s train / %s val items, %s channel(s), classes %s", len(train_ds), len(val_ds),
-             data.in_channels, data.class_names)
-
     model = builders.build_model(cfg.model, t.weight_init).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -131,7 +98,7 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
     workers = builders.resolve_num_workers(t.num_workers, device)
     loaders = {"pin_memory": t.pin_memory, "prefetch_factor": t.prefetch_factor, "num_workers": workers}
     run = Run(
-        cfg=cfg, run_dir=run_dir, mode=mode, amp=amp,
+        cfg=cfg, run_dir=plan.run_dir, mode=mode, amp=amp,
         step=StepSettings(device, amp, channels_last, t.grad_clip_norm, t.grad_clip_value),
         data=data, model=model,
         # The compiled wrapper runs the steps; checkpoints always take the plain module's state_dict.
@@ -148,25 +115,52 @@ def start_run(cfg: DictConfig, run_dir: Path) -> Run:
         previews={name: Preview(ds, data.preview_indices(name, t.preview_images), data.n_classes)
                   for name, ds in (("val", val_ds), ("train", train_ds))},
     )  # fmt: skip
-    if resume_path is not None:  # reads only: a checkpoint that does not fit still leaves the folder as it was
-        run.state = restore(run, resume_path)
-        log.info("resumed from %s at epoch %d (%d samples seen)", resume_path, run.state.epoch, run.state.samples_seen)
+    if plan.resuming:  # reads only: a checkpoint that does not fit still leaves the folder as it was
+        run.state = restore(run, plan)
+        log.info("resumed from %s at epoch %d (%d samples seen)", plan.resume_from, run.state.epoch,
+                 run.state.samples_seen)
     # Everything is built: only now does the run folder get its first file.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_split(run_dir / "split.json", split)
-    log.info("model %s: %.2fM parameters; device %s, precision %s%s, %d loader worker(s); run dir %s",
-             type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6, device, amp.precision,
-             ", channels-last" if channels_last else "", workers, run_dir)
-    if t.compile:  # an H100 took 30-105 s for the models here (docs/benchmarks.md): say it is not stuck
-        log.info("torch.compile (%s): the first training steps compile the model, which can take a minute "
-                 "or more; the first epoch's img/s includes it", t.compile_backend)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    write_split(plan.run_dir / "split.json", split)
+    _log_start(run, workers)
     return run
 
 
-def restore(run: Run, path: Path) -> TrainState:
-    ckpt = load_checkpoint(path)
-    if "optimizer" not in ckpt or "rng" not in ckpt:
-        raise CheckpointError(f"{path} has no training state to resume from (was it exported for inference only?)")
+def _build_data(cfg: DictConfig) -> tuple[SegDataModule, dict[str, list[str]], torch.nn.Module, SegMetrics]:
+    """The data, its split, the loss and the validation metrics, each checked against the others."""
+    data = builders.build_data(cfg.dataset)
+    split = data.split_ids()
+    train_ds, val_ds = data.dataset("train"), data.dataset("val")
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise ConfigError(
+            f"the {type(data).__name__} split has {len(train_ds)} training and {len(val_ds)} validation "
+            "item(s); both need at least one (check dataset.split ratios and the number of cases)"
+        )
+    loss_fn = builders.build(cfg.loss, "loss")
+    _check_loss_fits(loss_fn, train_ds[0], data.n_classes)
+    kaggle = bool(getattr(data, "kaggle_metric", False))
+    val_metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names, kaggle=kaggle)
+    monitors = sorted({f"val/{k}" for k in val_metrics.compute()} | {"val/loss"})  # the names, from no data
+    val_metrics.reset()  # compute() on no data set up CPU counters; the first update picks the device
+    if cfg.trainer.monitor not in monitors:
+        raise ConfigError(f"trainer.monitor={cfg.trainer.monitor!r} is not a validation metric; available: {monitors}")
+    log.info("data: %s train / %s val items, %s channel(s), classes %s", len(train_ds), len(val_ds),
+             data.in_channels, data.class_names)
+    return data, split, loss_fn, val_metrics
+
+
+def _log_start(run: Run, workers: int) -> None:
+    t, model = run.cfg.trainer, run.model
+    log.info("model %s: %.2fM parameters; device %s, precision %s%s, %d loader worker(s); run dir %s",
+             type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6, run.step.device,
+             run.amp.precision, ", channels-last" if run.step.channels_last else "", workers, run.run_dir)
+    if t.compile:  # an H100 took 30-105 s for the models here (docs/benchmarks.md): say it is not stuck
+        log.info("torch.compile (%s): the first training steps compile the model, which can take a minute "
+                 "or more; the first epoch's img/s includes it", t.compile_backend)
+
+
+def restore(run: Run, plan: RunPlan) -> TrainState:
+    ckpt, path = plan.checkpoint(), plan.resume_from
     load_model_state(run.model, ckpt["model"], path)
     try:
         run.optimizer.load_state_dict(ckpt["optimizer"])
