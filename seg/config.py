@@ -3,6 +3,9 @@
 The group configs (dataset, model, loss, ...) are free-form `_target_` nodes checked by the classes they
 build; the keys around them are typed here, so `trainer.epochs=ten` or `trainer.epoch=3` fails at start
 with Hydra's own message instead of deep inside training.
+
+The defaults below are the only home of every top-level default: configs/train.yaml, eval.yaml and
+predict.yaml hold only the group choices and Hydra's settings, so `--cfg job` and `--help` show these.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -32,21 +35,28 @@ class OverlayChoice(str, Enum):
     none = "none"
 
 
+# seg-eval and seg-predict when neither the command nor the checkpoint's trainer names a batch size.
+INFERENCE_BATCH_SIZE = 16
+
+
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
+    epochs: int = 12
     batch_size: int = 16
-    num_workers: Optional[int] = None  # null = auto: 0 on CPUs, half the cores (at most 8) on GPUs
+    # null = auto: 0 on CPUs (workers would take the model's cores), half the cores (<= 8) on GPUs
+    num_workers: Optional[int] = None
     val_every: int = 1  # validate at the first epoch, then every N epochs (and at the last)
     device: str = "auto"  # auto = cuda if available, else cpu; or cpu, cuda, cuda:1, mps
     monitor: str = "val/dice"
     monitor_mode: MonitorMode = MonitorMode.max
-    precision: str = "auto"  # one of PRECISIONS (a str: `trainer.precision=16` must work)
-    channels_last: Optional[bool] = None  # null = auto: on for CPUs, and for GPUs with bf16/16
+    # one of PRECISIONS (a str: `trainer.precision=16` must work); auto: bf16 where the GPU/CPU
+    # computes in bf16, else 16 (old GPUs) or 32
+    precision: str = "auto"
+    channels_last: Optional[bool] = None  # null = auto: NHWC on CPUs, and on GPUs with bf16/16
     compile: bool = False
     compile_backend: str = "inductor"  # aot_eager checks the compiled path quickly on a CPU
     cudnn_benchmark: bool = True
-    deterministic: bool = False  # bit-identical reruns and resumes on GPUs too, with slower kernels
+    deterministic: bool = False  # true: bit-identical reruns/resumes on GPUs as well (slower kernels)
     grad_clip_norm: Optional[float] = None
     grad_clip_value: Optional[float] = None
     early_stopping: Optional[int] = None  # patience, in validations without improvement
@@ -69,6 +79,8 @@ class TrainConfig:
     scheduler: Any = None
     resume: Optional[str] = None  # PATH/last.pt, or `auto` for <run dir>/checkpoints/last.pt
     run_dir: Optional[str] = None  # default: Hydra's output directory
+    # Your own `_target_` classes (exact dotted names) on top of seg.allowlist's, e.g. [mypkg.MyNet].
+    allowed_targets: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -79,10 +91,12 @@ class EvalConfig:
     dataset: Dict[str, Any] = field(default_factory=dict)  # overrides on top of the stored dataset
     device: str = "auto"
     batch_size: Optional[int] = None  # default: the training batch size
-    num_workers: Optional[int] = None  # null = auto, as trainer.num_workers: 0 on CPUs, more on GPUs
+    num_workers: Optional[int] = None  # null = auto: 0 on CPUs, half the cores (at most 8) on GPUs
     precision: Optional[str] = None  # default: the training precision
     overlays: OverlayChoice = OverlayChoice.worst
     n_overlays: int = 8
+    # Your own `_target_` classes (exact dotted names) on top of seg.allowlist; a checkpoint's are ignored.
+    allowed_targets: List[str] = field(default_factory=list)
 
 
 class RleForm(str, Enum):
@@ -97,11 +111,13 @@ class PredictConfig:
     out_dir: Optional[str] = None  # default: <run dir of the checkpoint>/predictions/<input name>
     recursive: bool = True  # also images in subfolders (SIIM's dicom-images-test/<study>/<series>/)
     device: str = "auto"
-    batch_size: Optional[int] = None  # default 16
+    batch_size: Optional[int] = None  # default: INFERENCE_BATCH_SIZE
     precision: Optional[str] = None  # default: the training precision
     threshold: float = 0.5  # binary models: foreground where the probability exceeds it
     tta: bool = False  # average over the four flips
     submission: Optional[RleForm] = None  # also write submission.csv (ImageId,EncodedPixels) in this form
+    # Your own `_target_` classes (exact dotted names) on top of seg.allowlist; a checkpoint's are ignored.
+    allowed_targets: List[str] = field(default_factory=list)
 
 
 # Lower bounds of trainer settings that type-check but make no sense (e.g. epochs=0 trains nothing and

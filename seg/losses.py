@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seg.constants import IGNORE_INDEX
 from seg.errors import ConfigError
 from seg.weightmap import unet_weight_map
 
@@ -22,8 +23,6 @@ __all__ = [
     "BCELoss", "CELoss", "DiceBCELoss", "DiceCELoss", "DiceLoss", "DiceRecallLoss", "WeightedBCELoss",
     "unet_weight_map",
 ]
-
-IGNORE_INDEX = 255
 
 
 def _check(logits: Tensor, mask: Tensor, weight: Tensor | None, name: str, binary: bool | None) -> None:

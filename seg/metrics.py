@@ -23,9 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from seg.constants import IGNORE_INDEX
 from seg.errors import ConfigError
-
-IGNORE_INDEX = 255
 
 
 def prediction(logits: Tensor, threshold: float = 0.5) -> Tensor:

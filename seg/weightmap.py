@@ -12,9 +12,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import label
 
+from seg.constants import IGNORE_INDEX
 from seg.errors import DatasetError
-
-IGNORE_INDEX = 255
 
 
 def unet_weight_map(

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seg.augment.intensity import chance, gaussian_kernel1d, on_device, separable_conv, uniform
-from seg.data.base import IGNORE_INDEX
+from seg.constants import IGNORE_INDEX
 
 
 def sample_dihedral(

@@ -19,11 +19,10 @@ import torch
 from skimage.transform import resize
 from torch.utils.data import Dataset
 
+from seg.constants import IGNORE_INDEX
 from seg.data.cache import CachedArrays, build_or_load
 from seg.data.split import SPLITS, check_ratios, seeded_split
 from seg.errors import ConfigError
-
-IGNORE_INDEX = 255
 
 DEFAULT_RATIOS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
@@ -147,6 +146,10 @@ class CachedArrayData(SegDataModule):
     Subclasses implement `list_cases()` (validate the layout, return sorted ids) and
     `load_case(id)` (decode at native resolution: HxWxC uint8 image, HxW uint8 mask), and may override
     `official_split()` when the release ships its own split, or `cache_fields()` for extra settings.
+
+    The arguments below are declared here only: a reader lists its own parameters (and those whose
+    default differs, e.g. image_size) and passes the rest on as `**common`. Per-reader defaults of
+    in_channels, n_classes and class_names are class attributes (a None argument keeps them).
     """
 
     def __init__(
@@ -160,7 +163,9 @@ class CachedArrayData(SegDataModule):
         in_channels: int | None = None,
         n_classes: int | None = None,
         class_names: Sequence[str] | None = None,
+        **unknown: Any,
     ) -> None:
+        self.refuse(type(self), unknown, *unknown)  # a typo is reported under the reader's own name
         self.set_meta(in_channels, n_classes, class_names)
         self.root = Path(root).expanduser() if root else None
         self.image_size = as_size(image_size)
@@ -171,6 +176,14 @@ class CachedArrayData(SegDataModule):
         self._arrays: CachedArrays | None = None
         self._split: dict[str, list[str]] | None = None
         self._datasets: dict[str, ArrayDataset] = {}
+
+    @staticmethod
+    def refuse(reader: type, common: Mapping[str, Any], *keys: str) -> None:
+        """Refuse `keys` of `common` as Python refuses an unknown keyword of `reader`: typos, and base
+        arguments a reader's release fixes (its split), which **common would otherwise take and ignore."""
+        for key in keys:
+            if key in common:
+                raise TypeError(f"{reader.__name__}.__init__() got an unexpected keyword argument {key!r}")
 
     @abstractmethod
     def list_cases(self) -> list[str]: ...

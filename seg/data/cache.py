@@ -35,7 +35,14 @@ def cache_key(fields: Mapping[str, Any]) -> str:
 
 
 def default_cache_dir() -> Path:
+    """The one rule for where caches go by default: $SEG_CACHE_DIR, else ~/.cache/seg. Dataset configs
+    say `cache_dir: null` for it, so a run (and its checkpoint) follows the machine it runs on."""
     return Path(os.environ.get("SEG_CACHE_DIR") or Path.home() / ".cache" / "seg").expanduser()
+
+
+def cache_root(cache_dir: str | Path | None) -> Path:
+    """The folder a dataset caches under: `cache_dir` when given, else default_cache_dir()."""
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 
 
 @dataclass
@@ -72,7 +79,7 @@ def build_or_load(
     `load(id)` returns (image HxWxC, mask HxW) already resized to a common size. Arrays are written
     case by case into memory-mapped files, so RAM stays bounded by one case however large the set.
     """
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    root = cache_root(cache_dir)
     # The ids are part of the key: adding or removing files makes a new entry, never a stale one.
     ids_digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     entry = root / f"{name}-{cache_key({**fields, 'ids': ids_digest})}"

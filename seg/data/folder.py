@@ -13,13 +13,14 @@ so equal names in different split folders stay distinct).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from seg.data.base import IGNORE_INDEX, CachedArrayData, resize_image, resize_mask
+from seg.constants import IGNORE_INDEX
+from seg.data.base import CachedArrayData, resize_image, resize_mask
 from seg.data.io import IMAGE_SUFFIXES, read_gray, read_label, read_rgb
 from seg.data.pets import summarise
 from seg.data.split import SPLITS, seeded_split
@@ -75,7 +76,6 @@ class FolderData(CachedArrayData):
         self,
         *,
         root: str | None,
-        image_size: int | Sequence[int] = 256,
         images_dir: str = "images",
         masks_dir: str = "masks",
         image_glob: str = "*",
@@ -84,24 +84,11 @@ class FolderData(CachedArrayData):
         value_map: Mapping[Any, Any] | None = None,
         unmapped: str = "error",
         skip_unmatched: bool = False,
-        split: Mapping[str, float] | None = None,
         val_fraction: float = 0.1,
-        split_seed: int = 42,
-        cache_dir: str | None = None,
-        in_channels: int | None = 3,
-        n_classes: int | None = 1,
-        class_names: Sequence[str] | None = ("foreground",),
+        **common: Any,
     ) -> None:
-        super().__init__(
-            root=root,
-            image_size=image_size,
-            split=split,
-            split_seed=split_seed,
-            cache_dir=cache_dir,
-            in_channels=in_channels,
-            n_classes=n_classes,
-            class_names=class_names,
-        )
+        """`common`: CachedArrayData's arguments (image_size, split, split_seed, cache_dir, ...)."""
+        super().__init__(root=root, **common)
         channels = 1 if grayscale else 3
         if self.in_channels != channels:
             raise ConfigError(

@@ -66,15 +66,12 @@ class ISBI2012Data(CachedArrayData):
         weight_map: bool = False,
         w0: float = 10.0,
         sigma: float = 5.0,
-        cache_dir: str | None = None,
-        in_channels: int | None = 1,
-        n_classes: int | None = 1,
-        class_names: Sequence[str] | None = ("cell",),
+        **common: Any,
     ) -> None:
-        super().__init__(
-            root=root, image_size=image_size, cache_dir=cache_dir,
-            in_channels=in_channels, n_classes=n_classes, class_names=class_names,
-        )
+        """`common`: CachedArrayData's other arguments (cache_dir, in_channels, ...); not split or
+        split_seed, as the last val_slices slices validate."""
+        self.refuse(type(self), common, "split", "split_seed")
+        super().__init__(root=root, image_size=image_size, **common)
         self.require("in_channels", self.in_channels, 1)
         self.require("n_classes", self.n_classes, 1)
         if int(val_slices) < 1:

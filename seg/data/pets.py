@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from seg.data.base import IGNORE_INDEX, CachedArrayData, resize_image, resize_mask
+from seg.constants import IGNORE_INDEX
+from seg.data.base import CachedArrayData, resize_image, resize_mask
 from seg.data.io import read_label, read_rgb
 from seg.data.split import seeded_split
 from seg.errors import ConfigError, DatasetError
@@ -87,12 +88,13 @@ class PetsData(CachedArrayData):
         mode: str = "trimap",
         border: str = "pet",
         val_fraction: float = 0.1,
-        split_seed: int = 42,
-        cache_dir: str | None = None,
-        in_channels: int | None = 3,
         n_classes: int | None = None,
         class_names: Sequence[str] | None = None,
+        **common: Any,
     ) -> None:
+        """`common`: CachedArrayData's other arguments (split_seed, cache_dir, in_channels); not
+        `split`, as the official test split is kept and validation is carved with val_fraction."""
+        self.refuse(type(self), common, "split")
         if mode not in MODES:
             raise ConfigError(f"dataset.mode={mode!r} is not a Pets mode: expected one of {list(MODES)}")
         if border not in BORDERS:
@@ -108,15 +110,7 @@ class PetsData(CachedArrayData):
                 f"dataset.mode={mode} needs {expected_n} class(es) {expected_names}, but the config has "
                 f"n_classes={n_classes} and class_names={names}. Add: dataset.mode={mode} {override}"
             )
-        super().__init__(
-            root=root,
-            image_size=image_size,
-            split_seed=split_seed,
-            cache_dir=cache_dir,
-            in_channels=in_channels,
-            n_classes=n_classes,
-            class_names=names,
-        )
+        super().__init__(root=root, image_size=image_size, n_classes=n_classes, class_names=names, **common)
         self.require("in_channels", self.in_channels, 3)
         self.mode = mode
         self.border = border

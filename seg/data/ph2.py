@@ -10,7 +10,6 @@ The release has no official split, so cases are split by id with the seeded spli
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,22 +54,9 @@ class PH2Data(CachedArrayData):
     n_classes = 1
     class_names = ["lesion"]
 
-    def __init__(
-        self,
-        *,
-        root: str | None,
-        image_size: int | Sequence[int] = 256,
-        split: Mapping[str, float] | None = None,
-        split_seed: int = 42,
-        cache_dir: str | None = None,
-        in_channels: int | None = None,
-        n_classes: int | None = None,
-        class_names: Sequence[str] | None = None,
-    ) -> None:
-        super().__init__(
-            root=root, image_size=image_size, split=split, split_seed=split_seed, cache_dir=cache_dir,
-            in_channels=in_channels, n_classes=n_classes, class_names=class_names,
-        )
+    def __init__(self, *, root: str | None, **common: Any) -> None:
+        """`common`: CachedArrayData's arguments (image_size, split, split_seed, cache_dir, ...)."""
+        super().__init__(root=root, **common)
         self.require("in_channels", self.in_channels, 3)
         self.require("n_classes", self.n_classes, 1)
 

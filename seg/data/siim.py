@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,19 +86,12 @@ class SIIMData(CachedArrayData):
         root: str,
         layout: str = "auto",
         image_size: int | Sequence[int] = 128,
-        split: Mapping[str, float] | None = None,
-        split_seed: int = 42,
         positive_oversample: float = 1.0,
         rle: str = "relative",
-        cache_dir: str | None = None,
-        in_channels: int | None = 1,
-        n_classes: int | None = 1,
-        class_names: Sequence[str] | None = ("pneumothorax",),
+        **common: Any,
     ) -> None:
-        super().__init__(
-            root=root, image_size=image_size, split=split, split_seed=split_seed, cache_dir=cache_dir,
-            in_channels=in_channels, n_classes=n_classes, class_names=class_names,
-        )
+        """`common`: CachedArrayData's other arguments (split, split_seed, cache_dir, ...)."""
+        super().__init__(root=root, image_size=image_size, **common)
         self.require("in_channels", self.in_channels, 1)
         self.require("n_classes", self.n_classes, 1)
         if layout not in LAYOUTS:

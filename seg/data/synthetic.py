@@ -9,7 +9,7 @@ learnable by a small network in a few epochs, yet not separable by one global th
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -138,23 +138,16 @@ class SyntheticData(CachedArrayData):
         max_blobs: int = 3,
         empty_fraction: float = 0.05,
         noise_std: float = 8.0,
-        split: Mapping[str, float] | None = None,
-        split_seed: int = 42,
-        cache_dir: str | None = None,
         root: str | None = None,
-        in_channels: int | None = None,
-        n_classes: int | None = None,
-        class_names: Sequence[str] | None = None,
+        **common: Any,
     ) -> None:
+        """`common`: CachedArrayData's other arguments (split, split_seed, cache_dir, ...)."""
         if root is not None:
             raise ConfigError(
                 f"dataset.root={root!r} was given, but the synthetic dataset is generated and reads no "
                 "files: set dataset.root=null, or choose a dataset that reads files (e.g. dataset=ph2)"
             )
-        super().__init__(
-            root=None, image_size=image_size, split=split, split_seed=split_seed, cache_dir=cache_dir,
-            in_channels=in_channels, n_classes=n_classes, class_names=class_names,
-        )
+        super().__init__(root=None, image_size=image_size, **common)
         self.require("in_channels", self.in_channels, 3)
         self.require("n_classes", self.n_classes, 1)
         self.n_images = int(n_images)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Subset
 
 from seg.checkpoint import load_checkpoint, sha256
+from seg.config import INFERENCE_BATCH_SIZE
 from seg.data.base import check_split
 from seg.data.io import safe_name
 from seg.engine import builders
@@ -45,7 +46,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     loss_fn = builders.build(train_cfg.loss, "loss").to(device)
     metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names,
                          kaggle=bool(getattr(data, "kaggle_metric", False)))
-    batch_size = int(cfg.batch_size or trainer.get("batch_size", 16))
+    batch_size = int(cfg.batch_size or trainer.get("batch_size", INFERENCE_BATCH_SIZE))
     workers = builders.resolve_num_workers(cfg.num_workers, device)
     loader = builders.build_loader(dataset, batch_size=batch_size, num_workers=workers, device=device)
     rows: list[dict[str, Any]] = []

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from seg.checkpoint import load_checkpoint, sha256
+from seg.config import INFERENCE_BATCH_SIZE
 from seg.data.base import as_size, resize_image
 from seg.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_dicom_gray, read_gray, read_rgb
 from seg.data.rle import ENCODERS
@@ -151,7 +152,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         log.warning("%d file(s) hold several pages; only the first page of each is predicted: %s", len(stacks),
                     ", ".join(stacks[:5]))
     # Images of one size form a batch; native-size models take one image at a time.
-    step = int(cfg.batch_size or 16) if predictor.size else 1
+    step = int(cfg.batch_size or INFERENCE_BATCH_SIZE) if predictor.size else 1
     for start in range(0, len(files), step):
         part, images = [], []
         for file in files[start : start + step]:

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from seg.constants import IGNORE_INDEX
+
 TP_GREEN = (0.0, 0.85, 0.0)
 FP_RED = (1.0, 0.0, 0.0)
 FN_ORANGE = (1.0, 0.6, 0.0)
@@ -20,7 +22,6 @@ PALETTE = (
     (0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16), (0.58, 0.4, 0.74),
     (0.55, 0.34, 0.29), (0.89, 0.47, 0.76), (0.5, 0.5, 0.5), (0.74, 0.74, 0.13), (0.09, 0.75, 0.81),
 )  # fmt: skip
-IGNORE_INDEX = 255
 
 
 def to_display(image: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,8 @@ wrapper around it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -95,27 +97,10 @@ class UNetWrapper(nn.Module):
     """A BatchNorm2d on the raw input in front of a UNet, so inputs in any units (CT in HU) need no
     hand-tuned normalisation. Returns logits; the book's final sigmoid belongs to the loss/metrics."""
 
-    def __init__(
-        self,
-        *,
-        in_channels: int,
-        n_classes: int,
-        depth: int = 5,
-        wf: int = 6,
-        padding: bool = True,
-        batch_norm: bool = False,
-        up_mode: str = "upconv",
-    ) -> None:
+    def __init__(self, *, in_channels: int, **unet_kwargs: Any) -> None:
+        """`unet_kwargs`: UNet's other arguments (n_classes, depth, ...), passed on as they are."""
         super().__init__()
-        self.unet = UNet(
-            in_channels=in_channels,
-            n_classes=n_classes,
-            depth=depth,
-            wf=wf,
-            padding=padding,
-            batch_norm=batch_norm,
-            up_mode=up_mode,
-        )
+        self.unet = UNet(in_channels=in_channels, **unet_kwargs)  # first: it checks in_channels
         self.input_batchnorm = nn.BatchNorm2d(in_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

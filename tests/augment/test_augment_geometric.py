@@ -13,7 +13,7 @@ from seg.augment.geometric import (
     sample_dihedral,
     warp,
 )
-from seg.data.base import IGNORE_INDEX
+from seg.constants import IGNORE_INDEX
 
 
 def _matches_any(sample: torch.Tensor, candidates: list[torch.Tensor]) -> list[int]:

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 import seg.augment.geometric as geometric
 from seg.augment import Augment
-from seg.data.base import IGNORE_INDEX
+from seg.constants import IGNORE_INDEX
 from seg.errors import ConfigError, DatasetError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "augmentation"

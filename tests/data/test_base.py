@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from seg.data.base import IGNORE_INDEX, CachedArrayData, as_size, resize_image, resize_mask
+from seg.constants import IGNORE_INDEX
+from seg.data.base import CachedArrayData, as_size, resize_image, resize_mask
 from seg.data.cache import build_or_load, iter_entries
 from seg.data.io import read_gray, read_label, read_rgb
 from seg.data.split import seeded_split, split_counts, write_split

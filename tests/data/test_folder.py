@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seg.data.base import IGNORE_INDEX
+from seg.constants import IGNORE_INDEX
 from seg.data.folder import FolderData
 from seg.errors import ConfigError, DatasetError
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from seg.data.base import IGNORE_INDEX
+from seg.constants import IGNORE_INDEX
 from seg.data.pets import PetsData
 from seg.errors import ConfigError, DatasetError
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from seg.data.cache import cache_key, default_cache_dir
+from seg.data.cache import cache_key, cache_root
 from seg.data.luna.geometry import world_to_voxel
 from seg.data.luna.volume import find_series, nodule_mask, read_annotations, read_ct
 from seg.errors import EXIT_USER_ERROR, ConfigError, DatasetError, OneLineParser, SegError
@@ -94,7 +94,7 @@ def scan_release(root: str | Path | None) -> Release:
 
 
 def entry_dir(cache_dir: str | Path | None, settings: PrepareSettings) -> Path:
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    root = cache_root(cache_dir)
     return root / f"luna16-{settings.key()}"
 
 
