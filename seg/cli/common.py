@@ -68,6 +68,18 @@ def describe_os_error(exc: OSError) -> str:
 
 
 @contextlib.contextmanager
+def command(prog: str) -> Iterator[None]:
+    """What every seg entry point runs inside: signals end in one line (`interrupts`), Hydra's and
+    seg's user errors too (`hydra_errors`, `user_errors`). torch's own INFO records (the FakeTensor
+    cache statistics it logs at exit once torch.compile was imported) would reach Hydra's INFO root
+    logger after a stop: they stay off unless the user asks for them with TORCH_LOGS."""
+    if not os.environ.get("TORCH_LOGS"):
+        logging.getLogger("torch").setLevel(logging.WARNING)
+    with interrupts(prog), user_errors(prog), hydra_errors(prog):
+        yield
+
+
+@contextlib.contextmanager
 def interrupts(prog: str) -> Iterator[None]:
     """SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, so temporary files are cleaned up; either
     ends in one line and exit code 128 + signal, not a traceback. Training installs its own graceful

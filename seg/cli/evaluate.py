@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from seg.cli.common import config_dir, hydra_errors, interrupts, user_errors
+from seg.cli.common import command, config_dir, user_errors
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
@@ -22,7 +22,7 @@ def main() -> None:
     # `dataset.root=...` overrides a key of the checkpoint's stored config, which eval.yaml cannot list
     # in advance; Hydra would demand `+dataset.root`. Accept the natural spelling.
     sys.argv = [f"++{a}" if a.startswith("dataset.") else a for a in sys.argv]
-    with interrupts("seg-eval"), hydra_errors("seg-eval"):
+    with command("seg-eval"):
         _evaluate()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from seg.cli.common import config_dir, hydra_errors, interrupts, user_errors
+from seg.cli.common import command, config_dir, user_errors
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
@@ -17,7 +17,7 @@ def _predict(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    with interrupts("seg-predict"), hydra_errors("seg-predict"):
+    with command("seg-predict"):
         _predict()
 
 

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from seg.cli.common import EXIT_USER_ERROR, config_dir, hydra_errors, interrupts, user_errors, user_message
+from seg.cli.common import EXIT_USER_ERROR, command, config_dir, user_message
 from seg.errors import SegError
 
 log = logging.getLogger("seg")
@@ -64,8 +64,7 @@ def _train(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    # interrupts: a signal before training, or a second one during it; user_errors: the task's SegError
-    with interrupts(PROG), user_errors(PROG), hydra_errors(PROG):
+    with command(PROG):  # a signal before training or a second one during it; the task's SegError
         _train()
     if _sweep_failures:
         print(f"{PROG}: error: {len(_sweep_failures)} sweep job(s) failed:\n  " + "\n  ".join(_sweep_failures),

@@ -21,12 +21,14 @@ from seg.engine.loop import StepSettings, evaluate
 from seg.engine.preview import Preview
 from seg.errors import ConfigError
 from seg.inference.core import load_model, output_dir
+from seg.inference.outputs import OutputFolder
 from seg.logger.overlay import save_png
 from seg.metrics import SegMetrics, per_image_stats
 
 log = logging.getLogger("seg")
 
 SUMMARY_KEYS = ("dice", "iou", "precision", "recall", "f1", "dice_per_image")
+REPORTS = ("metrics.json", "per_image.csv")
 
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
@@ -38,6 +40,9 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"n_overlays must be >= 0, got {cfg.n_overlays}")
     if cfg.num_workers is not None and cfg.num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0 (0 loads data in the main process) or null, got {cfg.num_workers}")
+    out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else output_dir(path, "eval", f"{path.stem}-{cfg.split}")
+    outputs = OutputFolder(out_dir, "seg-eval")
+    outputs.claim(REPORTS)  # before the evaluation: a file of the user's in the way fails at once
     loaded = load_model(ckpt, path, device=cfg.device, precision=cfg.precision, dataset_overrides=cfg.dataset)
     model, settings, train_cfg = loaded.model, loaded.settings, loaded.train_cfg
     device, trainer = settings.device, train_cfg.get("trainer", {})
@@ -59,13 +64,20 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
             rows.append({"id": ids[index], "index": index, **scores})
 
     values = evaluate(model, loader, loss_fn, metrics, settings, desc=f"eval {cfg.split}", on_batch=collect)
-    out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else output_dir(path, "eval", f"{path.stem}-{cfg.split}")
+    overlays = _overlay_names(cfg, rows)
+    outputs.claim([*REPORTS, *(f"overlays/{name}" for name in overlays.values())])
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {**values, "n_images": len(rows), "split": cfg.split, "checkpoint": str(path.resolve()),
               "checkpoint_sha256": digest, "epoch": ckpt.get("epoch")}
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
-    _write_csv(out_dir / "per_image.csv", rows)
-    n_saved = _save_overlays(cfg, rows, dataset, data.n_classes, model, settings, out_dir / "overlays")
+    try:  # what was written is recorded even when a stop or an error comes in the middle
+        (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
+        _write_csv(out_dir / "per_image.csv", rows)
+        for name in REPORTS:
+            outputs.wrote(out_dir / name)
+        outputs.remove_previous("overlays")  # an earlier seg-eval's ranks and scores; never the user's files
+        n_saved = _save_overlays(overlays, rows, dataset, data.n_classes, model, settings, outputs)
+    finally:
+        outputs.save_record()
     _print_table(values, len(rows), cfg.split, path)
     log.info("wrote %s, %s and %d overlay(s) to %s", "metrics.json", "per_image.csv", n_saved, out_dir)
     return report
@@ -79,22 +91,31 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def _save_overlays(cfg: DictConfig, rows: list[dict[str, Any]], dataset: Any, n_classes: int,
-                   model: torch.nn.Module, settings: StepSettings, folder: Path) -> int:
+def _overlay_names(cfg: DictConfig, rows: list[dict[str, Any]]) -> dict[int, str]:
+    """Row position -> file name of the overlays to draw: the worst by Dice (ranked) or all."""
     choice = str(getattr(cfg.overlays, "value", cfg.overlays))
-    for old in folder.glob("*.png") if folder.is_dir() else []:  # an earlier seg-eval's ranks and scores
-        old.unlink()
-    if choice == "none" or not rows:
-        return 0
-    chosen = rows if choice == "all" else sorted(rows, key=lambda r: r["dice"])[: max(0, cfg.n_overlays)]
-    folder.mkdir(parents=True, exist_ok=True)
+    if choice == "none":
+        return {}
+    order = range(len(rows)) if choice == "all" else sorted(range(len(rows)), key=lambda i: rows[i]["dice"])
+    chosen = list(order)[: len(rows) if choice == "all" else max(0, cfg.n_overlays)]
+    prefix = (lambda rank: f"{rank:04d}_") if choice == "worst" else (lambda rank: "")
+    return {i: f"{prefix(rank)}{safe_name(str(rows[i]['id']))}_dice{rows[i]['dice']:.3f}.png"
+            for rank, i in enumerate(chosen)}
+
+
+def _save_overlays(names: dict[int, str], rows: list[dict[str, Any]], dataset: Any, n_classes: int,
+                   model: torch.nn.Module, settings: StepSettings, outputs: OutputFolder) -> int:
+    folder = outputs.folder / "overlays"
+    if names:
+        folder.mkdir(parents=True, exist_ok=True)
+    chosen = list(names.items())
     for start in range(0, len(chosen), 16):  # bounded memory even with overlays=all
         part = chosen[start : start + 16]
-        subset = Subset(dataset, [r["index"] for r in part])
+        subset = Subset(dataset, [rows[i]["index"] for i, _ in part])
         panels = Preview(subset, list(range(len(part))), n_classes).render(model, settings)
-        for rank, (row, panel) in enumerate(zip(part, panels), start=start):
-            prefix = f"{rank:04d}_" if choice == "worst" else ""
-            save_png(panel, folder / f"{prefix}{safe_name(str(row['id']))}_dice{row['dice']:.3f}.png")
+        for (_, name), panel in zip(part, panels):
+            save_png(panel, folder / name)
+            outputs.wrote(folder / name)
     return len(chosen)
 
 

@@ -29,6 +29,7 @@ from seg.data.rle import ENCODERS
 from seg.engine.amp import Amp
 from seg.errors import ConfigError, DatasetError
 from seg.inference.core import load_model, output_dir, predict_probs, stored_config
+from seg.inference.outputs import OutputFolder
 
 log = logging.getLogger("seg")
 
@@ -143,14 +144,37 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     files = find_inputs(source, bool(cfg.recursive))
     name = source.stem if source.is_file() else source.resolve().name
     out = Path(cfg.out_dir).expanduser() if cfg.out_dir else output_dir(path, "predictions", name)
-    _make_out_dir(out)
     targets = dict(zip(files, mask_paths(files, source if source.is_dir() else source.parent)))
-    rows: list[dict[str, Any]] = []
-    skipped: list[str] = []
+    outputs = OutputFolder(out, "seg-predict")
+    outputs.claim(["predictions.csv", *(["submission.csv"] if form else []),
+                   *(f"masks/{t.as_posix()}" for t in targets.values())])
+    _make_out_dir(out)
     stacks = [f.name for f in files if f.suffix.lower() in (".tif", ".tiff", ".gif") and page_count(f) > 1]
     if stacks:
         log.warning("%d file(s) hold several pages; only the first page of each is predicted: %s", len(stacks),
                     ", ".join(stacks[:5]))
+    try:  # what was written is recorded even when a stop or an error comes in the middle
+        rows, skipped = _predict_all(cfg, predictor, files, targets, outputs, encode)
+        if not rows:
+            raise DatasetError(f"none of the {len(files)} image(s) under {source} could be read: {skipped[0]}")
+        _write_rows(out / "predictions.csv", rows)
+        outputs.wrote(out / "predictions.csv")
+        if form is not None:
+            _write_submission(out / "submission.csv", rows)
+            outputs.wrote(out / "submission.csv")
+    finally:
+        outputs.save_record()
+    log.info("wrote %d mask(s)%s to %s (checkpoint sha256=%s)", len(rows),
+             " and submission.csv" if form else "", out, sha256(path))
+    return {"out_dir": str(out), "n_images": len(rows), "skipped": len(skipped)}
+
+
+def _predict_all(cfg: DictConfig, predictor: Predictor, files: list[Path], targets: dict[Path, Path],
+                 outputs: OutputFolder, encode: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """Masks for every readable file, in batches; the rows of predictions.csv and the skipped files."""
+    out = outputs.folder
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
     # Images of one size form a batch; native-size models take one image at a time.
     step = int(cfg.batch_size or INFERENCE_BATCH_SIZE) if predictor.size else 1
     for start in range(0, len(files), step):
@@ -165,6 +189,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
             target = out / "masks" / targets[file]
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(mask * 255 if predictor.n_classes == 1 else mask).save(target)
+            outputs.wrote(target)
             counts = np.bincount(mask.ravel(), minlength=max(2, predictor.n_classes))
             rows.append({"input": str(file), "mask": str(target.relative_to(out)), "height": mask.shape[0],
                          "width": mask.shape[1], "class_pixels": " ".join(map(str, counts.tolist())),
@@ -172,14 +197,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         log.info("predicted %d/%d", len(rows), len(files))
     if skipped:
         log.warning("skipped %d unreadable file(s): %s", len(skipped), "; ".join(skipped[:5]))
-    if not rows:
-        raise DatasetError(f"none of the {len(files)} image(s) under {source} could be read: {skipped[0]}")
-    _write_rows(out / "predictions.csv", rows)
-    if form is not None:
-        _write_submission(out / "submission.csv", rows)
-    log.info("wrote %d mask(s)%s to %s (checkpoint sha256=%s)", len(rows),
-             " and submission.csv" if form else "", out, sha256(path))
-    return {"out_dir": str(out), "n_images": len(rows), "skipped": len(skipped)}
+    return rows, skipped
 
 
 def _write_rows(target: Path, rows: list[dict[str, Any]]) -> None:
