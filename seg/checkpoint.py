@@ -154,13 +154,25 @@ def _zip_names(path: Path) -> list[str] | None:
         return None
 
 
+# Sentences of torch's load errors that advise loading unsafely (re-run with weights_only=False, allowlist
+# the globals "if you trust" the file): never shown, since a file that needs them may run code.
+UNSAFE_ADVICE = ("weights_only", "trust", "arbitrary code", "safe_globals(", "weights only load failed")
+
+
+def _facts(text: str) -> list[str]:
+    """The sentences of `text` that state what is wrong, without torch's advice to load unsafely."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # torch bolds its warning with terminal escapes
+    sentences = (s.strip(" .\t") for line in text.splitlines() for s in re.split(r"(?<=\.)\s+", line))
+    return [s for s in sentences if s and not any(a in s.lower() for a in UNSAFE_ADVICE)]
+
+
 def _reason(exc: Exception) -> str:
     """The informative line of torch's (long, multi-paragraph) load error."""
     text = str(exc)
-    if "WeightsUnpickler error:" in text:
-        detail = [line.strip() for line in text.split("WeightsUnpickler error:", 1)[1].splitlines() if line.strip()]
-        what = detail[0].split(". ")[0] if detail else "unsupported content"
-        return f"it holds Python objects that a safe load refuses: {what}"
+    if "WeightsUnpickler error:" in text or "Weights only load failed" in text:
+        facts = _facts(text.split("WeightsUnpickler error:", 1)[-1])
+        return f"it holds Python objects that a safe load refuses: {facts[0] if facts else 'unsupported content'}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", lines[0]) if lines else ""
-    return first or type(exc).__name__
+    facts = _facts(first)
+    return facts[0] if facts else type(exc).__name__

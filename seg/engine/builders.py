@@ -1,5 +1,6 @@
 """Config -> objects. Every `_target_` node is instantiated here, so errors from a constructor reach
-the user as one SegError message instead of Hydra's wrapped traceback."""
+the user as one SegError message instead of Hydra's wrapped traceback, and every `_target_` is checked
+against seg.allowlist before anything runs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from seg.allowlist import check_targets, config_targets
 from seg.config import PRECISIONS
 from seg.data.base import SegDataModule
 from seg.engine.amp import Amp
@@ -24,13 +26,18 @@ log = logging.getLogger("seg")
 
 
 def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
-    """instantiate() that surfaces our own errors as they are and names the group for the rest."""
+    """instantiate() of an allowed config (seg.allowlist, plus the command's allowed_targets) that
+    surfaces our own errors as they are and names the group for the rest."""
     missing = sorted(OmegaConf.missing_keys(node)) if isinstance(node, DictConfig) else []
     if missing:  # full keys when the node sits in a composed config (dataset.root), else relative
         keys = [k if k.startswith(f"{what}.") else f"{what}.{k}" for k in missing]
         raise ConfigError(
             f"missing required value(s) {', '.join(keys)}: set them on the command line, e.g. {keys[0]}=..."
         )
+    # Before instantiate: it would call any callable a `_target_` names, nested and `_args_` ones too.
+    extra = config_targets(node)
+    check_targets(node, what, extra)
+    check_targets(kwargs, what, extra)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as exc:

@@ -8,6 +8,7 @@ beyond rounding: docs/benchmarks.md).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from seg.allowlist import safe_stored_config
 from seg.checkpoint import load_model_state
 from seg.data.cache import default_cache_dir
 from seg.engine import builders
@@ -34,15 +36,17 @@ def output_dir(ckpt: Path, kind: str, name: str) -> Path:
     return ckpt.parent / f"{kind}-{name}"
 
 
-def stored_config(ckpt: dict[str, Any], dataset_overrides: Any, path: Path) -> DictConfig:
+def stored_config(ckpt: dict[str, Any], dataset_overrides: Any, path: Path,
+                  allowed_targets: Sequence[str] = ()) -> DictConfig:
     """The training config stored in a checkpoint, with this machine's cache folder and the
-    command's `dataset.*` overrides on top."""
+    command's `dataset.*` overrides on top. It is data: checked (plain values, no `${...}`, allowed
+    `_target_`s) before OmegaConf sees it; `allowed_targets` are the command's own (never the stored ones)."""
     config = ckpt.get("config")
     if not isinstance(config, dict) or not all(k in config for k in ("dataset", "model", "loss")):
         raise CheckpointError(
             f"{path} carries no usable training config (dataset/model/loss); was it written by seg-train?"
         )
-    cfg = OmegaConf.create(config)
+    cfg = OmegaConf.create(safe_stored_config(ckpt, path, allowed_targets))
     if "cache_dir" in cfg.dataset:  # this machine's cache (SEG_CACHE_DIR), not the training machine's
         cfg.dataset.cache_dir = str(default_cache_dir())
     if dataset_overrides:
@@ -83,9 +87,11 @@ class LoadedModel:
 
 
 def load_model(ckpt: dict[str, Any], path: Path, *, device: str, precision: str | None,
-               dataset_overrides: Any = None, autotune: bool = True) -> LoadedModel:
-    """Rebuild the stored model, load its weights, and put it on `device` in the training's layout."""
-    train_cfg = stored_config(ckpt, dataset_overrides, path)
+               dataset_overrides: Any = None, autotune: bool = True,
+               allowed_targets: Sequence[str] = ()) -> LoadedModel:
+    """Rebuild the stored model, load its weights, and put it on `device` in the training's layout.
+    `allowed_targets`: the command's own (seg-eval's or seg-predict's `allowed_targets=[...]`)."""
+    train_cfg = stored_config(ckpt, dataset_overrides, path, allowed_targets)
     settings = inference_settings(train_cfg.get("trainer", {}), precision,
                                   builders.resolve_device(device, key="device"), autotune=autotune)
     model = builders.build(for_inference(train_cfg.model), "model")

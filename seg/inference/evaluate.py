@@ -43,7 +43,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else output_dir(path, "eval", f"{path.stem}-{cfg.split}")
     outputs = OutputFolder(out_dir, "seg-eval")
     outputs.claim(REPORTS)  # before the evaluation: a file of the user's in the way fails at once
-    loaded = load_model(ckpt, path, device=cfg.device, precision=cfg.precision, dataset_overrides=cfg.dataset)
+    loaded = load_model(ckpt, path, device=cfg.device, precision=cfg.precision, dataset_overrides=cfg.dataset,
+                        allowed_targets=cfg.allowed_targets)
     model, settings, train_cfg = loaded.model, loaded.settings, loaded.train_cfg
     device, trainer = settings.device, train_cfg.get("trainer", {})
     data = builders.build_data(train_cfg.dataset)

@@ -85,7 +85,7 @@ class Predictor:
 
 
 def load_predictor(cfg: DictConfig, ckpt: dict[str, Any], path: Path) -> Predictor:
-    train_cfg = stored_config(ckpt, None, path)
+    train_cfg = stored_config(ckpt, None, path, cfg.allowed_targets)
     channels, n_classes = int(train_cfg.model.in_channels), int(train_cfg.model.n_classes)
     if channels not in (1, 3):
         raise ConfigError(
@@ -95,7 +95,8 @@ def load_predictor(cfg: DictConfig, ckpt: dict[str, Any], path: Path) -> Predict
     image_size = train_cfg.dataset.get("image_size")
     size = as_size(image_size) if image_size is not None else None
     # Inputs are resized to the training size; at native sizes each new shape would be autotuned.
-    loaded = load_model(ckpt, path, device=cfg.device, precision=cfg.precision, autotune=size is not None)
+    loaded = load_model(ckpt, path, device=cfg.device, precision=cfg.precision, autotune=size is not None,
+                        allowed_targets=cfg.allowed_targets)
     return Predictor(loaded.model, loaded.settings.amp, loaded.settings.device, channels, n_classes, size)
 
 

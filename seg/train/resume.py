@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from seg.allowlist import safe_stored_config
 from seg.errors import CheckpointError, ConfigError
 from seg.train.plan import RunPlan, plan_run
 
@@ -84,6 +85,8 @@ def resumed_config(
     path, stored = plan.resume_from, plan.checkpoint().get("config")
     if not isinstance(stored, dict) or "trainer" not in stored:
         raise CheckpointError(f"{path} has no training config to resume (was it written by seg-train?)")
+    # Data, never code: plain values, no ${...}, allowed targets; its allowed_targets are this command's.
+    stored = safe_stored_config(plan.checkpoint(), path, cfg.get("allowed_targets") or [])
     composed = plain_config(cfg)
     given = OmegaConf.create(composed)
     keys = [override_key(o) for o in overrides]

@@ -48,7 +48,7 @@ def save_model(path: Path, *, in_channels: int, n_classes: int, image_size: int 
     model = UNet(in_channels=in_channels, n_classes=n_classes, depth=2, wf=2)
     model_cfg = {"_target_": "seg.models.UNet", "in_channels": in_channels, "n_classes": n_classes, "depth": 2, "wf": 2}
     config = {"dataset": {"_target_": "seg.data.folder.FolderData", "image_size": image_size},
-              "model": model_cfg, "loss": {"_target_": "seg.losses.BCEDiceLoss"}, "trainer": {"precision": "32"}}
+              "model": model_cfg, "loss": {"_target_": "seg.losses.DiceBCELoss"}, "trainer": {"precision": "32"}}
     save_checkpoint(make_checkpoint(model=model.state_dict(), config=config, epoch=1), path)
     return model.eval()
 
