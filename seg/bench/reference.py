@@ -103,7 +103,7 @@ class ReferenceRun:
         self.dataset = TutorialDataset(samples=samples, size=size, hflip_p=hflip_p, vflip_p=vflip_p)
         seed_everything(cfg.seed)
         self.model = builders.build_model(cfg.model, cfg.trainer.weight_init).to(device)
-        self.loss_fn = builders.build(cfg.loss, "loss").to(device)
+        self.loss_fn = builders.build_module(cfg.loss, "loss").to(device)
         self.optimizer = builders.build(cfg.optimizer, "optimizer")(self.model.parameters())
         self.losses: list[float] = []
         self._batches: Iterator[Any] | None = None

@@ -33,8 +33,8 @@ class SegRun:
         self.model = builders.build_model(cfg.model, t.weight_init).to(device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.loss_fn = builders.build(cfg.loss, "loss").to(device)
-        self.augment = builders.build(cfg.augmentation, "augmentation").to(device)
+        self.loss_fn = builders.build_module(cfg.loss, "loss").to(device)
+        self.augment = builders.build_module(cfg.augmentation, "augmentation").to(device)
         self.optimizer = builders.build_optimizer(cfg.optimizer, self.model, device)
         self.metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names)
         self.step_model = torch.compile(self.model, backend=t.compile_backend) if t.compile else self.model

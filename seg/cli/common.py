@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -17,18 +17,10 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 import seg.config  # noqa: F401  (registers schemas and resolvers before Hydra composes)
 from seg.cli.hydra_messages import describe_hydra_error, hydra_errors
 from seg.errors import EXIT_USER_ERROR, SegError
+from seg.stored import config_dir
 
 log = logging.getLogger("seg")
 
-
-
-def config_dir() -> Path:
-    """Installed wheel: seg/configs; source checkout or editable install: <repo>/configs."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "configs", package.parent / "configs"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise SystemExit(f"seg: cannot find the configs folder next to {package}; reinstall seg")
 
 
 @contextlib.contextmanager
@@ -59,6 +51,13 @@ def user_message(exc: BaseException) -> str | None:
 
 def describe_os_error(exc: OSError) -> str:
     where = f": {exc.filename}" if exc.filename else ""
+    # A full disk or quota is not a wrong path: say so, and that what was written before is still there
+    # (checkpoints go to a temporary file first, so the earlier last.pt/best.pt stay whole).
+    full = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno or 0)
+    if full:
+        writing = f" while writing {exc.filename}" if exc.filename else ""
+        return (f"{full} ({exc.strerror or exc}){writing}; files written before are kept. Free some space "
+                "there (or write to another disk), then run the command again (seg-train: resume=auto)")
     hint = "check that the path exists, is a folder where one is expected and is writable"
     return f"{exc.strerror or exc}{where} ({hint})"
 

@@ -34,6 +34,8 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
         raise ConfigError(
             f"missing required value(s) {', '.join(keys)}: set them on the command line, e.g. {keys[0]}=..."
         )
+    if isinstance(node, DictConfig) and "_target_" not in node:  # instantiate would hand the node back
+        raise ConfigError(f"the {what} config has no _target_ (the class to build); choose one with {what}=<option>")
     # Before instantiate: it would call any callable a `_target_` names, nested and `_args_` ones too.
     extra = config_targets(node)
     check_targets(node, what, extra)
@@ -85,8 +87,17 @@ def build_data(node: DictConfig) -> SegDataModule:
     return data
 
 
+def build_module(node: DictConfig, what: str) -> torch.nn.Module:
+    """A model, loss or augmentation: whatever the config builds must be a torch module."""
+    module = build(node, what)
+    if not isinstance(module, torch.nn.Module):
+        target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+        raise ConfigError(f"{what}._target_={target} built a {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
 def build_model(node: DictConfig, weight_init: str) -> torch.nn.Module:
-    model = build(node, "model")
+    model = build_module(node, "model")
     if weight_init != "default":
         from seg.models.init import init_weights
 

@@ -24,6 +24,7 @@ from seg.engine import builders
 from seg.engine.amp import Amp
 from seg.engine.loop import StepSettings
 from seg.errors import CheckpointError
+from seg.stored import require_complete
 
 SIZE_MULTIPLE = 32  # the deepest stride of the models: inputs are padded up to it
 
@@ -36,11 +37,12 @@ def output_dir(ckpt: Path, kind: str, name: str) -> Path:
     return ckpt.parent / f"{kind}-{name}"
 
 
-def stored_config(ckpt: dict[str, Any], dataset_overrides: Any, path: Path,
-                  allowed_targets: Sequence[str] = ()) -> DictConfig:
+def stored_config(ckpt: dict[str, Any], dataset_overrides: Any, path: Path, allowed_targets: Sequence[str] = (),
+                  nodes: Sequence[str] = ("dataset", "model", "loss")) -> DictConfig:
     """The training config stored in a checkpoint, with this machine's cache folder and the
     command's `dataset.*` overrides on top. It is data: checked (plain values, no `${...}`, allowed
-    `_target_`s) before OmegaConf sees it; `allowed_targets` are the command's own (never the stored ones)."""
+    `_target_`s) before OmegaConf sees it; `allowed_targets` are the command's own (never the stored
+    ones). The `nodes` the command builds must be complete (seg.stored)."""
     config = ckpt.get("config")
     if not isinstance(config, dict) or not all(k in config for k in ("dataset", "model", "loss")):
         raise CheckpointError(
@@ -51,6 +53,8 @@ def stored_config(ckpt: dict[str, Any], dataset_overrides: Any, path: Path,
         cfg.dataset.cache_dir = str(default_cache_dir())
     if dataset_overrides:
         cfg.dataset = OmegaConf.merge(cfg.dataset, dataset_overrides)
+    # After the overrides: `dataset.image_size=...` on the command line supplies a missing key.
+    require_complete(OmegaConf.to_container(cfg), path, nodes)  # type: ignore[arg-type]
     return cfg
 
 
@@ -86,15 +90,13 @@ class LoadedModel:
     train_cfg: DictConfig
 
 
-def load_model(ckpt: dict[str, Any], path: Path, *, device: str, precision: str | None,
-               dataset_overrides: Any = None, autotune: bool = True,
-               allowed_targets: Sequence[str] = ()) -> LoadedModel:
-    """Rebuild the stored model, load its weights, and put it on `device` in the training's layout.
-    `allowed_targets`: the command's own (seg-eval's or seg-predict's `allowed_targets=[...]`)."""
-    train_cfg = stored_config(ckpt, dataset_overrides, path, allowed_targets)
+def load_model(ckpt: dict[str, Any], path: Path, train_cfg: DictConfig, *, device: str, precision: str | None,
+               autotune: bool = True) -> LoadedModel:
+    """Rebuild the stored model (`train_cfg`: the checkpoint's `stored_config`), load its weights, and
+    put it on `device` in the training's layout."""
     settings = inference_settings(train_cfg.get("trainer", {}), precision,
                                   builders.resolve_device(device, key="device"), autotune=autotune)
-    model = builders.build(for_inference(train_cfg.model), "model")
+    model = builders.build_module(for_inference(train_cfg.model), "model")
     load_model_state(model, ckpt["model"], path)
     model = model.to(settings.device, memory_format=settings.memory_format).eval()
     return LoadedModel(model, settings, train_cfg)

@@ -20,7 +20,7 @@ from seg.engine import builders
 from seg.engine.loop import StepSettings, evaluate
 from seg.engine.preview import Preview
 from seg.errors import ConfigError
-from seg.inference.core import load_model, output_dir
+from seg.inference.core import load_model, output_dir, stored_config
 from seg.inference.outputs import OutputFolder
 from seg.logger.overlay import save_png
 from seg.metrics import SegMetrics, per_image_stats
@@ -43,13 +43,13 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else output_dir(path, "eval", f"{path.stem}-{cfg.split}")
     outputs = OutputFolder(out_dir, "seg-eval")
     outputs.claim(REPORTS)  # before the evaluation: a file of the user's in the way fails at once
-    loaded = load_model(ckpt, path, device=cfg.device, precision=cfg.precision, dataset_overrides=cfg.dataset,
-                        allowed_targets=cfg.allowed_targets)
-    model, settings, train_cfg = loaded.model, loaded.settings, loaded.train_cfg
+    train_cfg = stored_config(ckpt, cfg.dataset, path, cfg.allowed_targets)
+    loaded = load_model(ckpt, path, train_cfg, device=cfg.device, precision=cfg.precision)
+    model, settings = loaded.model, loaded.settings
     device, trainer = settings.device, train_cfg.get("trainer", {})
     data = builders.build_data(train_cfg.dataset)
     dataset = data.dataset(cfg.split)
-    loss_fn = builders.build(train_cfg.loss, "loss").to(device)
+    loss_fn = builders.build_module(train_cfg.loss, "loss").to(device)
     metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names,
                          kaggle=bool(getattr(data, "kaggle_metric", False)))
     batch_size = int(cfg.batch_size or trainer.get("batch_size", INFERENCE_BATCH_SIZE))

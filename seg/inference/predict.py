@@ -27,7 +27,7 @@ from seg.data.base import as_size, resize_image
 from seg.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_dicom_gray, read_gray, read_rgb
 from seg.data.rle import ENCODERS
 from seg.engine.amp import Amp
-from seg.errors import ConfigError, DatasetError
+from seg.errors import CheckpointError, ConfigError, DatasetError
 from seg.inference.core import load_model, output_dir, predict_probs, stored_config
 from seg.inference.outputs import OutputFolder
 
@@ -85,18 +85,20 @@ class Predictor:
 
 
 def load_predictor(cfg: DictConfig, ckpt: dict[str, Any], path: Path) -> Predictor:
-    train_cfg = stored_config(ckpt, None, path, cfg.allowed_targets)
+    train_cfg = stored_config(ckpt, None, path, cfg.allowed_targets, nodes=("model",))  # the data is not built
     channels, n_classes = int(train_cfg.model.in_channels), int(train_cfg.model.n_classes)
     if channels not in (1, 3):
         raise ConfigError(
             f"{path} was trained on {channels}-channel inputs ({train_cfg.dataset.get('_target_', '?')}); "
             "seg-predict reads 1-channel (grey) or 3-channel (RGB) images. Score such models with seg-eval."
         )
-    image_size = train_cfg.dataset.get("image_size")
+    if "image_size" not in train_cfg.dataset:  # null means native size: a missing key must not read as that
+        raise CheckpointError(f"{path}: its stored config lacks dataset.image_size; the checkpoint is damaged or "
+                              "was not written by seg-train")
+    image_size = train_cfg.dataset.image_size
     size = as_size(image_size) if image_size is not None else None
     # Inputs are resized to the training size; at native sizes each new shape would be autotuned.
-    loaded = load_model(ckpt, path, device=cfg.device, precision=cfg.precision, autotune=size is not None,
-                        allowed_targets=cfg.allowed_targets)
+    loaded = load_model(ckpt, path, train_cfg, device=cfg.device, precision=cfg.precision, autotune=size is not None)
     return Predictor(loaded.model, loaded.settings.amp, loaded.settings.device, channels, n_classes, size)
 
 

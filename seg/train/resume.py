@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seg.allowlist import safe_stored_config
 from seg.errors import CheckpointError, ConfigError
+from seg.stored import require_complete
 from seg.train.plan import RunPlan, plan_run
 
 log = logging.getLogger("seg")
@@ -98,6 +99,7 @@ def resumed_config(
     dataset = merged.get("dataset")
     if isinstance(dataset, DictConfig) and "cache_dir" in dataset and "cache_dir" in composed.get("dataset", {}):
         merged.dataset.cache_dir = composed["dataset"]["cache_dir"]
+    require_complete(OmegaConf.to_container(merged), path)  # type: ignore[arg-type]
     chosen = [o for o, k in zip(overrides, keys) if k in groups]
     if chosen:
         # What a choice selects is its nodes' `_target_`s (a recipe selects them all): those must match

@@ -22,7 +22,7 @@ from seg.allowlist import ENV_VAR
 from seg.checkpoint import save_checkpoint
 from seg.config import EvalConfig, PredictConfig
 from seg.errors import CheckpointError, ConfigError
-from seg.inference.core import load_model
+from seg.inference.core import load_model, stored_config
 from seg.inference.evaluate import run_eval
 from seg.inference.predict import run_predict
 from seg.models import UNet
@@ -156,8 +156,8 @@ def test_the_users_own_class_needs_this_commands_allowance(trained, tmp_path: Pa
     path = custom(trained, tmp_path)
     with pytest.raises(CheckpointError, match=rf"model\._target_={MY_NET} is not a callable seg builds.*{ENV_VAR}"):
         run_eval(eval_cfg(path, tmp_path))
-    loaded = load_model(torch.load(path, weights_only=True), path, device="cpu", precision=None,
-                        allowed_targets=[MY_NET])
+    ckpt = torch.load(path, weights_only=True)
+    loaded = load_model(ckpt, path, stored_config(ckpt, None, path, [MY_NET]), device="cpu", precision=None)
     assert type(loaded.model) is MyNet and list(loaded.train_cfg.allowed_targets) == [MY_NET]
     monkeypatch.setenv(ENV_VAR, MY_NET)
     assert run_eval(eval_cfg(path, tmp_path))["n_images"] > 0

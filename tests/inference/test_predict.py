@@ -46,7 +46,8 @@ def save_model(path: Path, *, in_channels: int, n_classes: int, image_size: int 
     """A checkpoint as seg-train stores it, for model shapes the synthetic set does not train."""
     torch.manual_seed(0)
     model = UNet(in_channels=in_channels, n_classes=n_classes, depth=2, wf=2)
-    model_cfg = {"_target_": "seg.models.UNet", "in_channels": in_channels, "n_classes": n_classes, "depth": 2, "wf": 2}
+    model_cfg = {"_target_": "seg.models.UNet", "in_channels": in_channels, "n_classes": n_classes, "depth": 2, "wf": 2,
+                 "padding": True, "batch_norm": False, "up_mode": "upconv"}
     config = {"dataset": {"_target_": "seg.data.folder.FolderData", "image_size": image_size},
               "model": model_cfg, "loss": {"_target_": "seg.losses.DiceBCELoss"}, "trainer": {"precision": "32"}}
     save_checkpoint(make_checkpoint(model=model.state_dict(), config=config, epoch=1), path)
