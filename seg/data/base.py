@@ -10,7 +10,7 @@ A dataset config instantiates a `SegDataModule`. Items of its torch datasets are
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,10 @@ from torch.utils.data import Dataset
 
 from seg.constants import IGNORE_INDEX
 from seg.data.cache import CachedArrays, build_or_load
+from seg.data.checks import by_reason, report_mask_values, report_skipped
+from seg.data.sources import SourceStats
 from seg.data.split import SPLITS, check_ratios, seeded_split
-from seg.errors import ConfigError
+from seg.errors import ConfigError, DatasetError
 
 DEFAULT_RATIOS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
@@ -65,6 +67,12 @@ class SegDataModule(ABC):
         """Fail at start when a config value contradicts what the data really is."""
         if value != expected:
             raise ConfigError(f"{self.name}: dataset.{key}={value!r} does not fit this dataset, expected {expected!r}")
+
+    def source_fingerprint(self) -> dict[str, Any] | None:
+        """{"files": count, "sha256": hex digest of the sorted (relative path, size, mtime_ns) of every
+        source file}, for provenance (stored in checkpoints, compared on resume); None for generated
+        data. Costs one stat per file, shared with the cache's own staleness check."""
+        return None
 
     def preview_indices(self, split: str, k: int) -> list[int]:
         """Fixed items shown in TensorBoard at every validation: evenly spaced, same every time."""
@@ -174,8 +182,11 @@ class CachedArrayData(SegDataModule):
         self.split_seed = int(split_seed)
         self.cache_dir = cache_dir
         self._arrays: CachedArrays | None = None
+        self._sources: SourceStats | None = None
         self._split: dict[str, list[str]] | None = None
         self._datasets: dict[str, ArrayDataset] = {}
+        # case -> note on its mask, filled by decoding threads (dict stores are atomic under the GIL)
+        self._notes: dict[str, dict[str, Any]] = {}
 
     @staticmethod
     def refuse(reader: type, common: Mapping[str, Any], *keys: str) -> None:
@@ -190,6 +201,12 @@ class CachedArrayData(SegDataModule):
 
     @abstractmethod
     def load_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def case_sources(self, case_id: str) -> list[Path]:
+        """The files case `case_id` is decoded from (image, mask, a shared label file): their size and
+        mtime tell a stale cached row from a fresh one and make the fingerprint. Readers of files
+        override this; a reader that names none gets neither check."""
+        return []
 
     def official_split(self, ids: list[str]) -> dict[str, list[str]] | None:
         return None
@@ -208,19 +225,56 @@ class CachedArrayData(SegDataModule):
             image = image[..., None]
         return resize_image(image, self.image_size), resize_mask(mask, self.image_size, self.n_classes == 1)
 
+    def _decode(self, case_id: str) -> tuple[Any, ...]:
+        """The cache's loader: the resized case plus what load_case noted about it, kept in the cache."""
+        image, mask = self._load_resized(case_id)
+        return image, mask, self._notes.pop(case_id, None)
+
+    # What a binary reader expects in its stored masks and what it does with other values, for the
+    # warning of note_mask_values (see seg.data.checks).
+    mask_expected = ""
+    mask_treatment = ""
+
+    def note_mask_values(self, case_id: str, raw: np.ndarray, expected: Callable[[set[int]], bool]) -> None:
+        """Note a stored uint8 mask whose set of values is not what the release holds (`expected` of it
+        is False): it is still read by the reader's rule, and one warning names such masks."""
+        found = np.flatnonzero(np.bincount(raw.ravel(), minlength=256)).tolist()
+        if not expected(set(found)):
+            self._notes[case_id] = {"mask_values": found}
+
+    def source_stats(self) -> SourceStats:
+        """The cases and their source files' stats, gathered once (before any decoding)."""
+        if self._sources is None:
+            self._sources = SourceStats.collect(self.list_cases(), self.case_sources)
+        return self._sources
+
+    def source_fingerprint(self) -> dict[str, Any] | None:
+        return self.source_stats().fingerprint()
+
     @property
     def arrays(self) -> CachedArrays:
         if self._arrays is None:
-            ids = self.list_cases()
+            sources = self.source_stats()
             self._arrays = build_or_load(
-                self.cache_dir, self.name, self.cache_fields(), ids, self._load_resized, self.weight_fn()
+                self.cache_dir, self.name, self.cache_fields(), list(sources.cases), self._decode,
+                self.weight_fn(), sources=sources,
             )
+            self.report(self._arrays)
         return self._arrays
+
+    def report(self, arrays: CachedArrays) -> None:
+        """Warn, once per dataset and at every start, about cases left out and unexpected mask values."""
+        report_skipped(self.name, self.root, by_reason(arrays.skipped))
+        report_mask_values(self.name, arrays.notes, len(arrays.ids), self.mask_expected, self.mask_treatment)
 
     def split_ids(self) -> dict[str, list[str]]:
         if self._split is None:
-            ids = list(self.arrays.ids)
-            self._split = self.official_split(ids) or seeded_split(ids, self.ratios, self.split_seed)
+            skipped = self.arrays.skipped
+            ids = [c for c in self.arrays.ids if c not in skipped]
+            if not ids:
+                raise DatasetError(f"{self.name}: no usable case under {self.root}: every case was skipped")
+            split = self.official_split(ids) or seeded_split(ids, self.ratios, self.split_seed)
+            self._split = {s: [c for c in v if c not in skipped] for s, v in split.items()}
         return self._split
 
     def dataset(self, split: str) -> ArrayDataset:

@@ -21,8 +21,8 @@ import numpy as np
 
 from seg.constants import IGNORE_INDEX
 from seg.data.base import CachedArrayData, resize_image, resize_mask
+from seg.data.checks import summarise
 from seg.data.io import IMAGE_SUFFIXES, read_gray, read_label, read_rgb
-from seg.data.pets import summarise
 from seg.data.split import SPLITS, seeded_split
 from seg.errors import ConfigError, DatasetError
 
@@ -71,6 +71,12 @@ class FolderData(CachedArrayData):
     an error."""
 
     name = "folder"
+    mask_expected = "0 and one other value (binary masks without dataset.value_map)"
+    mask_treatment = (
+        "every non-zero value is read as foreground; to say which values are foreground, set e.g. "
+        "'dataset.value_map={0:0,255:1}' (other values then stop the run, or with dataset.unmapped=ignore "
+        "are not scored)"
+    )
 
     def __init__(
         self,
@@ -194,6 +200,9 @@ class FolderData(CachedArrayData):
     def list_cases(self) -> list[str]:
         return sorted(self.pairs())
 
+    def case_sources(self, case_id: str) -> list[Path]:
+        return list(self.pairs()[case_id])
+
     # ------------------------------------------------------------------ cases
 
     def load_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -205,6 +214,10 @@ class FolderData(CachedArrayData):
                 f"mask {mask_path} is {raw.shape[1]}x{raw.shape[0]} but image {image_path} is "
                 f"{image.shape[1]}x{image.shape[0]} (width x height); masks must match their image"
             )
+        if self.value_map is None and self.n_classes == 1:
+            # "0 and anything else" is the rule, but several non-zero values in one mask suggest classes
+            # that this rule merges: warn (they are still read as foreground).
+            self.note_mask_values(case_id, raw, lambda found: len(found - {0}) <= 1)
         return image, self.map_values(raw, mask_path)
 
     def map_values(self, raw: np.ndarray, path: Path) -> np.ndarray:

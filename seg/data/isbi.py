@@ -131,9 +131,14 @@ class ISBI2012Data(CachedArrayData):
         index = int(case_id.rsplit("-", 1)[1])
         return self._volume[index], self._labels[index]  # type: ignore[index]
 
+    def case_sources(self, case_id: str) -> list[Path]:
+        return list(self._files)  # every slice comes from both stacks
+
     def cache_fields(self) -> dict[str, Any]:
         fields = super().cache_fields()
-        fields["files"] = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in self._files]
+        # The names only: a rewritten stack is caught by the per-row source stats (case_sources) and
+        # decoded again into the same entry, rather than leaving the old entry behind.
+        fields["files"] = [p.name for p in self._files]
         if self.weight_map:
             fields["weight_map"] = {"w0": self.w0, "sigma": self.sigma}
         return fields

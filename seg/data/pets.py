@@ -4,7 +4,9 @@
 The release is messy on purpose-free grounds: some `.jpg` files are GIFs or RGBA PNGs, some are grey or
 CMYK, a few images are in no split file, and `images/` holds a few `.mat` files. Files are decoded by
 content; files that cannot be used are skipped and reported together in one warning, so one bad file
-never stops a 7,390-image run, and nothing is skipped silently.
+never stops a 7,390-image run, and nothing is skipped silently. A file whose header reads but whose
+data does not (a truncated JPEG) is found only while decoding: it is skipped then, recorded in the
+cache, and named in the same warning at every start.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from PIL import Image
 
 from seg.constants import IGNORE_INDEX
 from seg.data.base import CachedArrayData, resize_image, resize_mask
-from seg.data.io import read_label, read_rgb
+from seg.data.cache import CachedArrays, SkipCase
+from seg.data.checks import by_reason, summarise
+from seg.data.io import UnreadableImage, read_label, read_rgb
 from seg.data.split import seeded_split
 from seg.errors import ConfigError, DatasetError
 
@@ -29,7 +33,6 @@ MODES = {"trimap": (3, ["pet", "background", "border"]), "binary": (1, ["pet"])}
 BORDERS = {"pet": 1, "background": 0, "ignore": IGNORE_INDEX}
 SPLIT_FILES = {"trainval": "trainval.txt", "test": "test.txt"}
 SPLIT_COLUMNS = "<image name> <class id 1-37> <species 1-2> <breed id>"
-LISTED_PER_REASON = 10
 
 
 def read_split_file(path: Path) -> list[str]:
@@ -61,16 +64,6 @@ def header_size(path: Path) -> tuple[tuple[int, int] | None, str]:
             return image.size, ""
     except Exception as exc:  # PIL raises many types for broken files; all mean "unusable"
         return None, type(exc).__name__
-
-
-def summarise(skipped: dict[str, list[str]]) -> str:
-    """One line per reason, long lists cut with a count, so the warning stays readable."""
-    lines = []
-    for reason, names in skipped.items():
-        shown = ", ".join(names[:LISTED_PER_REASON])
-        more = f" ... and {len(names) - LISTED_PER_REASON} more" if len(names) > LISTED_PER_REASON else ""
-        lines.append(f"  {reason} ({len(names)}): {shown}{more}")
-    return "\n".join(lines)
 
 
 class PetsData(CachedArrayData):
@@ -116,6 +109,8 @@ class PetsData(CachedArrayData):
         self.border = border
         self.val_fraction = float(val_fraction)
         self._membership: dict[str, str] | None = None
+        self._listing_skipped: dict[str, list[str]] = {}
+        self._dirs: tuple[Path, Path, Path] | None = None
 
     def cache_fields(self) -> dict[str, Any]:
         return {**super().cache_fields(), "mode": self.mode, "border": self.border}
@@ -123,6 +118,12 @@ class PetsData(CachedArrayData):
     # ----------------------------------------------------------------- layout
 
     def _folders(self) -> tuple[Path, Path, Path]:
+        """(images, annotations, trimaps), checked once: case_sources and load_case ask for every case."""
+        if self._dirs is None:
+            self._dirs = self._find_folders()
+        return self._dirs
+
+    def _find_folders(self) -> tuple[Path, Path, Path]:
         root = self.root
         layout = "images/*.jpg, annotations/trimaps/*.png, annotations/trainval.txt and annotations/test.txt"
         if root is None or not root.is_dir():
@@ -196,11 +197,7 @@ class PetsData(CachedArrayData):
         listed_missing = sorted(n for n in membership if n not in images)
         if listed_missing:
             skipped["listed in a split file but no image"] = listed_missing
-        if skipped:
-            total = sum(len(v) for v in skipped.values())
-            log.warning(
-                "Oxford-IIIT Pets under %s: skipped %d file(s)/entries:\n%s", self.root, total, summarise(skipped)
-            )
+        self._listing_skipped = skipped  # warned with the files decoding skips, in report()
         if not valid:
             raise DatasetError(
                 f"Oxford-IIIT Pets: no usable image under {self.root} (need images/<name>.jpg with "
@@ -208,7 +205,22 @@ class PetsData(CachedArrayData):
             )
         return valid
 
+    def report(self, arrays: CachedArrays) -> None:
+        """The one warning: files skipped while listing and those that failed to decode."""
+        skipped = {reason: list(names) for reason, names in self._listing_skipped.items()}
+        for reason, names in by_reason(arrays.skipped).items():
+            skipped.setdefault(reason, []).extend(names)
+        if skipped:
+            total = sum(len(v) for v in skipped.values())
+            log.warning(
+                "Oxford-IIIT Pets under %s: skipped %d file(s)/entries:\n%s", self.root, total, summarise(skipped)
+            )
+
     # ------------------------------------------------------------------ cases
+
+    def case_sources(self, case_id: str) -> list[Path]:
+        images_dir, _, trimaps_dir = self._folders()
+        return [images_dir / f"{case_id}.jpg", trimaps_dir / f"{case_id}.png"]
 
     def load_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
         images_dir, _, trimaps_dir = self._folders()
@@ -235,9 +247,13 @@ class PetsData(CachedArrayData):
         return table
 
     def _load_resized(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            image, mask = self.load_case(case_id)
+        except UnreadableImage as exc:  # the header read at listing, the data does not: skip, as documented
+            kind = "unreadable trimap" if exc.path.suffix == ".png" else "unreadable image"
+            raise SkipCase(kind, f"{exc.path.name} ({exc.reason})") from None
         # The base's smooth binary resize would turn ignored (255) border pixels into pet: use
         # nearest neighbour whenever the mask can hold IGNORE_INDEX.
-        image, mask = self.load_case(case_id)
         smooth = self.n_classes == 1 and self.border != "ignore"
         return resize_image(image, self.image_size), resize_mask(mask, self.image_size, smooth)
 

@@ -53,17 +53,28 @@ class PH2Data(CachedArrayData):
     in_channels = 3
     n_classes = 1
     class_names = ["lesion"]
+    mask_expected = "0 and 255 (the release's 1-bit lesion BMPs)"
+    mask_treatment = (
+        "every non-zero value is read as lesion (PH2 has no dataset.value_map): if some of these values "
+        "mean something else, restore the masks from the release or save them as 0/255"
+    )
 
     def __init__(self, *, root: str | None, **common: Any) -> None:
         """`common`: CachedArrayData's arguments (image_size, split, split_seed, cache_dir, ...)."""
         super().__init__(root=root, **common)
         self.require("in_channels", self.in_channels, 3)
         self.require("n_classes", self.n_classes, 1)
+        self._images_dir: Path | None = None
 
     @property
     def images_dir(self) -> Path:
         """The folder holding the IMDnnn cases: `root/PH2 Dataset images`, `root/PH2Dataset/PH2 Dataset
-        images`, or root itself."""
+        images`, or root itself. Looked up once: case_sources asks for it for every case."""
+        if self._images_dir is None:
+            self._images_dir = self._find_images_dir()
+        return self._images_dir
+
+    def _find_images_dir(self) -> Path:
         if self.root is None:
             raise DatasetError(f"dataset.root is not set: point it at the unpacked PH2 release, laid out as {LAYOUT}")
         if not self.root.is_dir():
@@ -96,10 +107,15 @@ class PH2Data(CachedArrayData):
                 )
         return ids
 
+    def case_sources(self, case_id: str) -> list[Path]:
+        return list(case_files(self.images_dir, case_id))
+
     def load_case(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = case_files(self.images_dir, case_id)
         image = read_rgb(image_path)
-        mask = (read_label(mask_path) > 0).astype(np.uint8)
+        raw = read_label(mask_path)
+        self.note_mask_values(case_id, raw, lambda found: found <= {0, 255})
+        mask = (raw > 0).astype(np.uint8)
         if mask.shape != image.shape[:2]:
             raise DatasetError(
                 f"PH2 case {case_id}: lesion mask {mask_path.name} is {mask.shape[1]}x{mask.shape[0]} but "

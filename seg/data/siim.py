@@ -79,6 +79,11 @@ class SIIMData(CachedArrayData):
     n_classes = 1
     class_names = ["pneumothorax"]
     kaggle_metric = True  # the engine reports val/dice_kaggle (empty-vs-empty scores 1)
+    mask_expected = "0/255 or 0/1 (PNG masks)"
+    mask_treatment = (
+        "values above 127 are read as pneumothorax (in a mask whose maximum is 1: the 1s); the SIIM reader "
+        "has no dataset.value_map, so save these masks as 0/255 if that is not what they mean"
+    )
 
     def __init__(
         self,
@@ -111,6 +116,7 @@ class SIIMData(CachedArrayData):
         self._masks: dict[str, Path] = {}
         self._folder_split: dict[str, list[str]] | None = None
         self._ids_digest = ""
+        self._csv = Path()  # the label CSV of the DICOM layout, set by list_cases
 
     # ---- layout -------------------------------------------------------------------------------
     def resolved_layout(self) -> str:
@@ -142,7 +148,7 @@ class SIIMData(CachedArrayData):
         return ids
 
     def _list_dicom(self, root: Path) -> list[str]:
-        csv = _label_csv(root) or root / RLE_CSV  # resolved_layout checked one exists
+        csv = self._csv = _label_csv(root) or root / RLE_CSV  # resolved_layout checked one exists
         folders = [n for n in DICOM_DIRS if (root / n).is_dir()]
         unused = [n for n in CSVS if n != csv.name and (root / n).is_file()]
         if csv.name == RLE_CSV and DICOM_DIRS[1] in folders:
@@ -205,6 +211,7 @@ class SIIMData(CachedArrayData):
         if case_id in self._masks:
             image = read_gray(self._images[case_id])
             label = read_label(self._masks[case_id])
+            self.note_mask_values(case_id, label, lambda found: found <= {0, 255} or found <= {0, 1})
             if label.shape != image.shape:
                 raise DatasetError(
                     f"siim: mask {self._masks[case_id]} is {label.shape} but its image is {image.shape}; "
@@ -226,13 +233,18 @@ class SIIMData(CachedArrayData):
                 ) from None
         return image, mask
 
+    def case_sources(self, case_id: str) -> list[Path]:
+        if case_id in self._masks:
+            return [self._images[case_id], self._masks[case_id]]
+        # Every DICOM case's mask comes from the label CSV: an edited CSV decodes them again.
+        return [self._images[case_id], self._csv]
+
     def cache_fields(self) -> dict[str, Any]:
         fields = super().cache_fields()
         fields.update(layout=self.resolved_layout(), ids=self._ids_digest)
         csv = _label_csv(Path(str(self.root))) if fields["layout"] == "dicom" else None
-        if csv is not None:  # the label file and how it is decoded both change the cached masks
-            stat = csv.stat()
-            fields.update(csv=[csv.name, stat.st_size, stat.st_mtime_ns], rle=self.rle)
+        if csv is not None:  # which label file and how it is decoded change the masks; edits to the
+            fields.update(csv=[csv.name], rle=self.rle)  # file are caught per row (case_sources)
         return fields
 
     # ---- splits -------------------------------------------------------------------------------

@@ -184,6 +184,9 @@ class SyntheticData(CachedArrayData):
             "noise_std": self.noise_std,
         }
 
+    def source_fingerprint(self) -> None:
+        return None  # drawn from its settings (all in the cache key): no file to fingerprint or re-check
+
     def list_cases(self) -> list[str]:
         width = max(4, len(str(self.n_images - 1)))
         return [f"synthetic_{i:0{width}d}" for i in range(self.n_images)]

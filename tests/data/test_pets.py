@@ -209,3 +209,31 @@ def test_real_sample_release(shared_data, tmp_path, caplog):
     masks = np.stack([test[i]["mask"].numpy() for i in range(len(test))])
     assert set(np.unique(masks).tolist()) == {0, 1, 2}
     assert (masks == 0).mean() > 0.1  # the pet is a sizeable part of each photo
+
+
+def truncate_jpeg(path: Path) -> None:
+    """Cut a JPEG inside its scan data: the header (and so the size check at listing) still reads,
+    only decoding fails, as with an interrupted download."""
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(b"\xff\xda") + 40])
+
+
+def test_truncated_jpeg_is_skipped_and_named_in_the_one_warning(pets_root, caplog):
+    truncate_jpeg(pets_root / "images" / "beagle_2.jpg")
+    with caplog.at_level(logging.WARNING, logger="seg.data"):
+        split = make(pets_root).split_ids()
+    records = [r for r in caplog.records if r.name == "seg.data"]
+    assert len(records) == 1  # together with the files skipped while listing
+    message = records[0].getMessage()
+    assert "unreadable image (2): american_bulldog_2.jpg (" in message  # header unreadable: at listing
+    assert "beagle_2.jpg (OSError: image file is truncated" in message  # data unreadable: at decoding
+    assert "image without trimap" in message and "skipped 5 file(s)/entries" in message
+    assert split["test"] == ["american_bulldog_1", "beagle_1"]
+    assert all("beagle_2" not in ids for ids in split.values())
+
+    caplog.clear()  # a later run reads the cache, and still names the file
+    with caplog.at_level(logging.WARNING, logger="seg.data"):
+        again = make(pets_root)
+        assert again.split_ids() == split
+    assert "beagle_2.jpg (OSError: image file is truncated" in caplog.text
+    assert len(again.dataset("test")) == 2

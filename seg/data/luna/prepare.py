@@ -4,19 +4,24 @@ Cache entry `<cache_dir>/luna16-<key>/` (the key hashes the settings that change
 range, mask threshold, format), per series:
   <uid>.hu.npy   int16 (index, row, col) HU, clipped   -- opened with np.load(mmap_mode="r")
   <uid>.mask.npy uint8 {0,1} nodule mask, same shape
-  <uid>.json     shape, positive slices, nodule centres in voxels, the annotations it was built from
+  <uid>.json     shape, positive slices, nodule centres in voxels, the annotations it was built from,
+                 and the size and mtime of the .mhd and .raw it was read from
 The JSON is written last and every file goes through a temporary name and os.replace, so an
-interrupted run leaves no half-written series behind; a series whose annotations changed is rebuilt.
+interrupted run leaves no half-written series behind. A series whose annotations changed, or whose
+.mhd/.raw changed size or modification time (replaced, truncated), is converted again; annotations
+are compared by value per series rather than by annotations.csv's mtime, so editing one series' rows
+does not convert all of them again.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +33,10 @@ from tqdm import tqdm
 from seg.data.cache import cache_key, cache_root
 from seg.data.luna.geometry import world_to_voxel
 from seg.data.luna.volume import find_series, nodule_mask, read_annotations, read_ct
+from seg.data.sources import Stat, path_key, stat_file
 from seg.errors import EXIT_USER_ERROR, ConfigError, DatasetError, OneLineParser, SegError
+
+log = logging.getLogger("seg.data")
 
 FORMAT = 1
 
@@ -70,6 +78,7 @@ class SeriesIndex:
     annotations: list[list[float]]  # (x, y, z) mm it was built from, to notice an edited CSV
     outside: int  # annotations whose centre fell outside the volume
     geometry: dict[str, list[float]]
+    sources: list[list[Any]] | None = None  # [name, size, mtime_ns] of the .mhd and .raw; None: older cache
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,21 @@ def array_paths(entry: Path, uid: str) -> tuple[Path, Path]:
     return entry / f"{uid}.hu.npy", entry / f"{uid}.mask.npy"
 
 
+def series_files(mhd: Path) -> tuple[Path, Path]:
+    """The header and the voxel file beside it (the release names both after the series uid)."""
+    return mhd, mhd.with_suffix(".raw")
+
+
+def series_sources(mhd: Path, stats: Mapping[str, Stat] | None = None) -> list[list[Any]]:
+    """[name, size, mtime_ns] of a series' two files; from `stats` (abs path -> stat) when it has them."""
+    out = []
+    for path in series_files(mhd):
+        key = path_key(path)
+        stat = stats[key] if stats is not None and key in stats else stat_file(key)
+        out.append([path.name, *(stat or (None, None))])
+    return out
+
+
 def _replace_into(path: Path, write: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -121,8 +145,13 @@ def load_index(entry: Path, uid: str) -> SeriesIndex | None:
     return SeriesIndex(**data)
 
 
-def prepare_series(uid: str, mhd: Path, xyz: np.ndarray, settings: PrepareSettings, entry: Path) -> SeriesIndex:
-    """Read one series, build its mask and write the three cache files."""
+def prepare_series(
+    uid: str, mhd: Path, xyz: np.ndarray, settings: PrepareSettings, entry: Path,
+    sources: list[list[Any]] | None = None,
+) -> SeriesIndex:
+    """Read one series, build its mask and write the three cache files. `sources`: the stats of its
+    files taken before reading (so a file changed while it is read is converted again next time)."""
+    sources = sources if sources is not None else series_sources(mhd)
     hu, geometry = read_ct(mhd, settings.hu_clip)
     xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     centres = world_to_voxel(xyz, geometry).reshape(-1, 3)
@@ -136,6 +165,7 @@ def prepare_series(uid: str, mhd: Path, xyz: np.ndarray, settings: PrepareSettin
         annotations=xyz.tolist(),
         outside=int((~inside).sum()),
         geometry=geometry.to_dict(),
+        sources=sources,
     )
     hu_file, mask_file = array_paths(entry, uid)
     _replace_into(hu_file, lambda f: np.save(f, hu))
@@ -144,7 +174,7 @@ def prepare_series(uid: str, mhd: Path, xyz: np.ndarray, settings: PrepareSettin
     return index
 
 
-def _job(args: tuple[str, Path, np.ndarray, PrepareSettings, Path]) -> SeriesIndex:
+def _job(args: tuple[str, Path, np.ndarray, PrepareSettings, Path, list[list[Any]]]) -> SeriesIndex:
     return prepare_series(*args)
 
 
@@ -156,11 +186,13 @@ def prepare(
     settings: PrepareSettings,
     workers: int = 1,
     progress: bool = True,
+    stats: Mapping[str, Stat] | None = None,
 ) -> tuple[Path, dict[str, SeriesIndex], int]:
     """Make sure every series in `uids` is cached; returns (entry folder, indices, how many were built).
 
-    Only series not cached yet (or cached from other annotations) are read, so this is cheap to call at
-    every start. Work runs in `workers` spawned processes (each holds one volume at a time).
+    Only series not cached yet, or cached from other annotations or other .mhd/.raw files, are read,
+    so this is cheap to call at every start (one stat per file; `stats`, abs path -> stat, when the
+    caller has them). Work runs in `workers` spawned processes (each holds one volume at a time).
     """
     entry = entry_dir(cache_dir, settings)
     entry.mkdir(parents=True, exist_ok=True)
@@ -169,14 +201,20 @@ def prepare(
         _replace_into(settings_file, lambda f: f.write(json.dumps(asdict(settings)).encode()))
     empty = np.zeros((0, 3))
     indices: dict[str, SeriesIndex] = {}
-    todo = []
+    todo, again = [], []
     for uid in sorted(uids):
         xyz = release.annotations.get(uid, empty)
+        sources = series_sources(release.series[uid], stats)
         cached = load_index(entry, uid)
-        if cached is not None and cached.annotations == xyz.tolist():
+        if cached is not None and cached.annotations == xyz.tolist() and cached.sources == sources:
             indices[uid] = cached
         else:
-            todo.append((uid, release.series[uid], xyz, settings, entry))
+            todo.append((uid, release.series[uid], xyz, settings, entry, sources))
+            again += [uid] if cached is not None else []
+    if again:
+        shown = ", ".join(again[:5]) + (f", ... ({len(again) - 5} more)" if len(again) > 5 else "")
+        log.info("luna16: converting %d series again, as their .mhd/.raw or annotations changed since they "
+                 "were cached: %s", len(again), shown)
     bar = tqdm(total=len(todo), desc="preparing LUNA16", unit="series", disable=not progress or None)
     with bar:
         if workers > 1 and len(todo) > 1:

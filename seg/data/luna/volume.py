@@ -98,6 +98,13 @@ def read_ct(path: str | Path, hu_clip: tuple[float, float]) -> tuple[np.ndarray,
     geometry = Geometry.from_image(image)
     hu = sitk.GetArrayFromImage(image)
     del image  # a LUNA volume is ~150 MB: hold one copy, not two
+    if np.issubdtype(hu.dtype, np.floating) and not np.isfinite(hu).all():
+        # Casting NaN to int16 gives an arbitrary value (often -32768, clipped to "air"): refuse instead.
+        bad = int(hu.size - np.isfinite(hu).sum())
+        raise DatasetError(
+            f"CT series {path} holds {bad} NaN or infinite voxel(s) of {hu.size}; a CT volume needs finite HU "
+            "values. Re-extract it from the LUNA16 subset archive, or remove the series"
+        )
     # Integer bounds keep an int16 volume int16 (float bounds would promote it to float64).
     lo, hi = int(np.ceil(hu_clip[0])), int(np.floor(hu_clip[1]))
     if hu.dtype == np.int16:
