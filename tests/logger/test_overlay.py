@@ -42,12 +42,12 @@ def test_binary_colours_tp_fp_fn_and_truth() -> None:
 
 
 def test_multiclass_and_ignored_pixels(tmp_path: Path) -> None:
-    image = torch.zeros(1, 3, 2, 2)
+    image = torch.full((1, 3, 2, 2), 0.5)  # grey, so class 0's dark colour differs from an uncoloured pixel
     target = torch.tensor([[[0, 1], [2, 255]]])
     panel = overlay_panels(image, target.clone(), target, n_classes=3)[0]
     right = panel[:, :, 4:]
     colours = {tuple(right[:, i, j].tolist()) for i in range(2) for j in range(2)}
-    assert len(colours) == 4 and (0.0, 0.0, 0.0) in colours  # three classes + uncoloured ignore pixel
+    assert len(colours) == 4 and (0.5, 0.5, 0.5) in colours  # three classes + uncoloured ignore pixel
     save_png(panel, tmp_path / "p.png")
     saved = np.asarray(Image.open(tmp_path / "p.png"))
     assert saved.shape == (2, 6, 3) and saved.dtype == np.uint8
