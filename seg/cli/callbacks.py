@@ -156,8 +156,10 @@ def _settle_run(config: DictConfig, record: StartRecord) -> None:
             record.new_folders = _missing(target)
         config.hydra.run.dir = str(target)
         if plan.resuming and (target / ".hydra").is_dir():
-            config.hydra.output_subdir = f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}"
-            record.resume_record = target / config.hydra.output_subdir
+            # Claimed like a run folder: a refused resume in the same second as an earlier one must not
+            # take over (and then remove) that one's record.
+            record.resume_record = _claim(target / ".hydra" / f"resume-{datetime.now():%Y-%m-%d_%H-%M-%S}")
+            config.hydra.output_subdir = str(record.resume_record.relative_to(target))
 
 
 def _missing(folder: Path) -> list[Path]:

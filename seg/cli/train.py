@@ -64,6 +64,7 @@ def _train(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    _sweep_failures.clear()  # one process may run seg-train more than once (tests, notebooks)
     with command(PROG):  # a signal before training or a second one during it; the task's SegError
         _train()
     if _sweep_failures:

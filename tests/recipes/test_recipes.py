@@ -1,7 +1,8 @@
 """Every recipe end to end, scaled down: a tiny tree in the dataset's official layout, the composed
 recipe (its model, loss and dataset kept), one short training through fit(), then seg-eval on the
 best checkpoint reproducing the validation metrics stored in it. Also: the recipes on the real sample
-files when ../shared/data is present, and a --multirun sweep through the installed seg-train."""
+files when they are present (../shared/data, or SEG_SAMPLE_DATA), and a --multirun sweep through the
+installed seg-train."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import csv
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from seg.data.base import IGNORE_INDEX
 from seg.engine import builders
 from seg.inference.evaluate import run_eval
 from seg.train.fit import fit
+from tests.cli.forked import run_forked
 
 SAME_AS_CHECKPOINT = ("dice", "iou", "loss")
 
@@ -115,12 +115,11 @@ def test_recipe_on_real_sample_files(
 
 
 def test_multirun_sweep_through_the_installed_command(tmp_path: Path) -> None:
-    exe = Path(sys.executable).parent / "seg-train"
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "seg.cli.train"]
+    """seg-train's own process, forked from a warm interpreter (tests/cli/forked.py): a sweep is about the
+    jobs Hydra runs inside that process, not about starting it (tests/cli starts the console script)."""
     args = ["--multirun", "dataset.n_images=20", "dataset.image_size=32", "trainer.batch_size=4", "model.depth=2",
             "trainer.epochs=1", "trainer.preview_images=1", "model.wf=2,3", "hydra.sweep.dir=sweep"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([*command, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_forked("seg-train", args, tmp_path, {**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     sizes = {}
     for job in ("0", "1"):

@@ -115,23 +115,42 @@ def test_interrupt_saves_last_and_keeps_best(tmp_path: Path) -> None:
     assert best["epoch_progress"] is None
 
 
+def _interrupt_settings(workers: int) -> list[str]:
+    return ["augmentation=strong", "scheduler=cosine", "trainer.epochs=3", f"trainer.num_workers={workers}"]
+
+
+@pytest.fixture(scope="module")
+def straight_runs(tmp_path_factory: pytest.TempPathFactory):
+    """The uninterrupted run for each worker count, trained once for the stop points that compare with it."""
+    runs: dict[int, Path] = {}
+
+    def straight(workers: int) -> Path:
+        if workers not in runs:
+            runs[workers] = tmp_path_factory.mktemp(f"straight-{workers}")
+            fit(compose_cfg(_interrupt_settings(workers), runs[workers]), runs[workers])
+        return runs[workers]
+
+    return straight
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("stop_after_steps", [4, 3])  # in the middle of epoch 2; right after epoch 1
-def test_resume_after_an_interrupt_is_exact(tmp_path: Path, workers: int, stop_after_steps: int) -> None:
+def test_resume_after_an_interrupt_is_exact(tmp_path: Path, workers: int, stop_after_steps: int,
+                                            straight_runs) -> None:
     """Interrupted mid-epoch then resumed == trained straight: weights, the epoch's logged loss and
     train metrics, and the lr schedule (cosine, stepped per epoch)."""
-    common = ["augmentation=strong", "scheduler=cosine", "trainer.epochs=3", f"trainer.num_workers={workers}"]
-    fit(compose_cfg(common, tmp_path / "straight"), tmp_path / "straight")
+    common = _interrupt_settings(workers)
+    straight_dir = straight_runs(workers)
     run = tmp_path / "stopped"
     _fit_interrupted(compose_cfg(common, run), run, stop_after_steps=stop_after_steps)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
     fit(compose_cfg([*common, "resume=auto"], run), run)
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    a = load_checkpoint(straight_dir / "checkpoints" / "last.pt")
     b = load_checkpoint(run / "checkpoints" / "last.pt")
     assert b["epoch"] == 3 and b["samples_seen"] == a["samples_seen"] and b["scheduler"] == a["scheduler"]
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    curves = [EventAccumulator(str(d / "tb")).Reload() for d in (tmp_path / "straight", run)]
+    curves = [EventAccumulator(str(d / "tb")).Reload() for d in (straight_dir, run)]
     for tag in ("train/loss", "train/dice", "lr", "val/dice", "val/loss"):
         # sorted: both event files of the resumed run may carry the same second in their names
         straight, resumed = (sorted((e.step, e.value) for e in c.Scalars(tag)) for c in curves)
