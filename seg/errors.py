@@ -23,6 +23,15 @@ class ConfigError(SegError):
     """A configuration value that composes but makes no sense (e.g. unknown split)."""
 
 
+class TrainingDiverged(SegError):
+    """A non-finite loss, gradient or weight: the run stops before saving it, keeping the last finite
+    checkpoints. `epoch` and `step` (1-based, within the epoch; None for weights checked after it) say where."""
+
+    def __init__(self, message: str, epoch: int | None = None, step: int | None = None) -> None:
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad command line like every other seg error: one line, exit 2 (plain
     argparse prints its usage block first)."""

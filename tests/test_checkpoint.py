@@ -113,3 +113,88 @@ def test_mismatched_weights_name_the_keys(tmp_path: Path) -> None:
         load_model_state(torch.nn.Conv2d(1, 2, 3), state, "x.pt")
     with pytest.raises(CheckpointError, match="missing"):
         load_model_state(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3)), state, "x.pt")
+
+
+def _member_data_offset(path: Path, suffix: str) -> tuple[str, int, int]:
+    """(name, offset, size) of the stored bytes of the first member whose name ends with `suffix`."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(suffix))
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.filename, info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def test_damaged_tensor_bytes_are_detected_in_one_line(tmp_path: Path) -> None:
+    """torch.load does not check the CRC-32s of the archive's members: 64 random bytes inside a tensor
+    loaded silently. load_checkpoint reads them all first."""
+    model = torch.nn.Linear(100, 100)
+    path = save_checkpoint(_state(model), tmp_path / "best.pt")
+    assert load_checkpoint(path)["epoch"] == 3
+    name, offset, size = _member_data_offset(path, "/data/0")
+    assert size > 200
+    data = bytearray(path.read_bytes())
+    data[offset + 100 : offset + 164] = torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(0)).to(
+        torch.uint8).numpy().tobytes()
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    text = str(err.value)
+    assert f"is damaged (CRC mismatch in member {name}); copy it again from the run that wrote it" in text
+    assert "\n" not in text
+    with pytest.raises(CheckpointError, match="is damaged"):
+        load_checkpoint(path, mmap=True)  # a mapped load (resume's first look) checks them too
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError) as err:
+        save_checkpoint(_state(torch.nn.Conv2d(1, 1, 1)), tmp_path / "last.pt")
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_publish_copy_links_or_copies_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from seg.checkpoint import publish_copy
+
+    last = save_checkpoint(_state(torch.nn.Conv2d(1, 1, 1)), tmp_path / "last.pt")
+    best = publish_copy(last, tmp_path / "best.pt")
+    assert os.path.samefile(last, best)
+    save_checkpoint(_state(torch.nn.Conv2d(1, 1, 1)), last)  # a new last.pt: best.pt keeps the old bytes
+    assert not os.path.samefile(last, best) and load_checkpoint(best)["epoch"] == 3
+
+    def no_links(*args):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # FAT, some network file systems
+    publish_copy(last, best)
+    assert best.read_bytes() == last.read_bytes() and not os.path.samefile(last, best)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_remove_partial_writes_takes_only_save_checkpoints_own_names(tmp_path: Path) -> None:
+    import os
+    import tempfile
+
+    from seg.checkpoint import remove_partial_writes
+
+    fd, real = tempfile.mkstemp(prefix=".last.pt.", suffix=".tmp", dir=tmp_path)  # the very names it makes
+    os.close(fd)
+    others = ["best.pt", ".best.pt.tmp", ".best.pt.1234567.tmp", ".best.pt.12345678.tmp.bak", "x.last.pt.12345678.tmp"]
+    for name in others:
+        (tmp_path / name).write_text("keep")
+    assert remove_partial_writes(tmp_path) == [Path(real).name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others)
+    assert remove_partial_writes(tmp_path / "missing") == []

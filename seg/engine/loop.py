@@ -1,7 +1,8 @@
 """One epoch of training and one evaluation pass: plain functions, as in torchvision's references.
 
-Nothing here reads the loss back to the host per step: losses and confusion counts accumulate on the
-device and are read once at the end (the progress bar syncs only every `progress_every` steps).
+Nothing here reads the loss back to the host per step: losses, confusion counts and the non-finite
+watch accumulate on the device and are read once at the end (the progress bar syncs only every
+`progress_every` steps, and the watch is read there too).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from seg.engine.amp import Amp
 from seg.engine.state import EpochProgress
+from seg.errors import TrainingDiverged
 from seg.metrics import SegMetrics
 
 Batch = dict[str, Any]
@@ -64,11 +66,58 @@ def to_device(
     return image, mask, weight
 
 
-def _clip(model: nn.Module, norm: float | None, value: float | None) -> None:
+def _clip(model: nn.Module, norm: float | None, value: float | None) -> torch.Tensor | None:
+    """Clip the gradients; returns their total norm (before clipping) where norm clipping computes it."""
     if value is not None:
         nn.utils.clip_grad_value_(model.parameters(), value)
     if norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), norm)
+        return nn.utils.clip_grad_norm_(model.parameters(), norm)
+    return None
+
+
+NEVER = torch.iinfo(torch.int64).max  # "no bad step yet", the identity of the minimum kept below
+
+
+class FiniteWatch:
+    """The first step of an epoch whose loss, or gradient norm, was nan or inf, tracked on the device:
+    `update` queues three small kernels per step and never waits for the GPU, and `check` reads the
+    result where the loop syncs anyway (the progress bar, the end of the epoch). Without it a diverged
+    run trains on NaN weights to the end and saves them (a lr of 1e30 did, exiting 0).
+
+    With fp16's GradScaler an inf/nan gradient is routine: the scaler skips that step and lowers its
+    scale, the weights stay as they were. So under a scaler only the loss counts, which the scaler
+    does not repair; the weights themselves are checked before every save (`nonfinite_weights`)."""
+
+    def __init__(self, device: torch.device, epoch: int, step: int = 0) -> None:
+        self.epoch, self.step = epoch, step  # step: those done before this one (a resumed epoch's count)
+        self._loss = torch.full((), NEVER, dtype=torch.int64, device=device)
+        self._grad = torch.full((), NEVER, dtype=torch.int64, device=device)
+
+    def update(self, loss: torch.Tensor, grad_norm: torch.Tensor | None = None, scaled: bool = False) -> None:
+        self.step += 1
+        self._loss = torch.minimum(self._loss, torch.where(torch.isfinite(loss), NEVER, self.step))
+        if grad_norm is not None and not scaled:
+            self._grad = torch.minimum(self._grad, torch.where(torch.isfinite(grad_norm), NEVER, self.step))
+
+    def check(self) -> None:
+        """Raise TrainingDiverged naming the first bad step, if there was one (one host read)."""
+        loss_step, grad_step = torch.stack([self._loss, self._grad]).tolist()
+        step = min(loss_step, grad_step)
+        if step == NEVER:
+            return
+        what = "the loss" if loss_step <= grad_step else "the gradient norm"
+        raise TrainingDiverged(f"training diverged: {what} was not finite (nan or inf) at epoch {self.epoch}, "
+                               f"step {step}", epoch=self.epoch, step=step)
+
+
+def nonfinite_weights(model: nn.Module) -> list[str]:
+    """The state_dict entries (parameters and buffers such as batch-norm statistics) holding a nan or
+    inf: a model that must never be saved. One host read for all of them."""
+    tensors = {k: v for k, v in model.state_dict().items() if torch.is_floating_point(v)}
+    if not tensors:
+        return []
+    finite = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).tolist()
+    return [k for k, ok in zip(tensors, finite) if not ok]
 
 
 @dataclass
@@ -95,9 +144,10 @@ def train_step(
     *,
     augment: nn.Module | None = None,
     metrics: SegMetrics | None = None,
+    watch: FiniteWatch | None = None,
 ) -> tuple[torch.Tensor, int]:
     """One optimizer step on one batch. Returns the detached loss (still on the device: reading it
-    would sync) and the number of images."""
+    would sync) and the number of images. `watch` notes a non-finite loss or gradient norm."""
     amp = settings.amp
     image, mask, weight = to_device(batch, settings.device, settings.channels_last)
     if augment is not None:
@@ -107,18 +157,21 @@ def train_step(
     loss = loss_fn(logits.float(), mask, weight=weight)
     optimizer.zero_grad(set_to_none=True)
     clipping = settings.clip_norm is not None or settings.clip_value is not None
+    grad_norm = None
     if amp.scaler is not None:
         amp.scaler.scale(loss).backward()
         if clipping:
             amp.scaler.unscale_(optimizer)
-            _clip(model, settings.clip_norm, settings.clip_value)
+            grad_norm = _clip(model, settings.clip_norm, settings.clip_value)
         amp.scaler.step(optimizer)
         amp.scaler.update()
     else:
         loss.backward()
         if clipping:
-            _clip(model, settings.clip_norm, settings.clip_value)
+            grad_norm = _clip(model, settings.clip_norm, settings.clip_value)
         optimizer.step()
+    if watch is not None:
+        watch.update(loss.detach(), grad_norm, scaled=amp.scaler is not None)
     if metrics is not None:
         metrics.update(logits.detach(), mask)
     return loss.detach(), int(image.shape[0])
@@ -139,7 +192,8 @@ def train_one_epoch(
     start: EpochProgress | None = None,
 ) -> EpochStats:
     """`start`: the part of this epoch trained before an interrupt (the loader already skips its
-    samples); the returned loss is the mean over the whole epoch."""
+    samples); the returned loss is the mean over the whole epoch. A non-finite loss or gradient raises
+    TrainingDiverged at the next progress read or at the end of the epoch, before anything is saved."""
     start = start or EpochProgress(epoch=0)
     model.train()
     if augment is not None:
@@ -151,23 +205,29 @@ def train_one_epoch(
     began = tick = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
     interrupted = False
-    for batch in bar:
-        if should_stop():  # checked before a step, so a stop after the last step lets the epoch finish
-            interrupted = True
-            break
-        data_seconds += time.perf_counter() - tick
-        if steps == 0:
-            first_batch_seconds = data_seconds
-        loss, n = train_step(model, batch, loss_fn, optimizer, settings, augment=augment, metrics=metrics)
-        total += loss
-        steps += 1
-        samples += n
-        if progress_every > 0 and steps % progress_every == 0:
-            bar.set_postfix(loss=f"{(total / (start.steps + steps)).item():.4f}")
-        tick = time.perf_counter()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    bar.close()
+    watch = FiniteWatch(device, start.epoch, start.steps)
+    try:
+        for batch in bar:
+            if should_stop():  # checked before a step, so a stop after the last step lets the epoch finish
+                interrupted = True
+                break
+            data_seconds += time.perf_counter() - tick
+            if steps == 0:
+                first_batch_seconds = data_seconds
+            loss, n = train_step(model, batch, loss_fn, optimizer, settings, augment=augment, metrics=metrics,
+                                 watch=watch)
+            total += loss
+            steps += 1
+            samples += n
+            if progress_every > 0 and steps % progress_every == 0:
+                watch.check()  # the read below waits for the device anyway: this one adds no stall
+                bar.set_postfix(loss=f"{(total / (start.steps + steps)).item():.4f}")
+            tick = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        watch.check()
+    finally:
+        bar.close()
     seconds = time.perf_counter() - began
     progress = EpochProgress(start.epoch, start.steps + steps, start.samples + samples, total.item())
     mean = progress.loss_sum / max(progress.steps, 1)

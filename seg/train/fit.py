@@ -11,8 +11,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from seg.checkpoint import sha256
-from seg.engine.loop import EpochStats, evaluate, train_one_epoch
+from seg.engine.loop import EpochStats, evaluate, nonfinite_weights, train_one_epoch
 from seg.engine.state import EpochProgress
+from seg.errors import TrainingDiverged
 from seg.logger.tensorboard import TensorBoardLogger
 from seg.train.plan import RunPlan, plan_run
 from seg.train.run import Run, start_run
@@ -33,35 +34,12 @@ def fit(cfg: DictConfig, plan: RunPlan | Path) -> dict[str, Any]:
     if state.epoch >= t.epochs:
         log.warning("nothing to train: the run is at epoch %d and trainer.epochs=%d; raise trainer.epochs "
                     "(e.g. trainer.epochs=%d) to train longer", state.epoch, t.epochs, state.epoch + 10)
-    stopped_by = None
     try:
-        with GracefulStop() as stop:
-            for epoch in range(state.epoch + 1, t.epochs + 1):
-                if stop():  # a signal during validation: last.pt is already written or about to be
-                    stopped_by = stop.requested
-                    _interrupted(run, stop.requested, epoch)
-                    break
-                stats = _train_epoch(run, epoch, stop)
-                state.samples_seen += stats.samples
-                if stats.interrupted:
-                    state.progress = stats.progress
-                    state.progress.train_metrics = run.train_metrics.state_dict()
-                    stopped_by = stop.requested
-                    _interrupted(run, stop.requested, epoch)
-                    break
-                state.progress = None
-                state.epoch = epoch
-                _log_train(tb, run, stats, epoch)
-                if run.scheduler is not None and not run.plateau:
-                    run.scheduler.step()  # before validate() writes last.pt, so a resume starts at the next lr
-                validated = epoch == 1 or epoch % max(1, t.val_every) == 0 or epoch == t.epochs
-                if validated:
-                    validate(run, tb, epoch)
-                _summary(epoch, t.epochs, stats, state.metrics if validated else None, t.monitor)
-                if t.early_stopping is not None and state.stale_validations >= t.early_stopping:
-                    log.info("early stopping: %s has not improved for %d validations", t.monitor, t.early_stopping)
-                    break
-                tb.flush()
+        stopped_by = _epochs(run, tb)
+    except TrainingDiverged as exc:  # nothing of the diverged epoch is saved, nor result.json written
+        message = _diverged(run, exc)
+        log.error("%s", message)
+        raise TrainingDiverged(message, epoch=exc.epoch, step=exc.step) from None
     finally:
         tb.close()
     result = {"best_score": state.best_score if state.best_score is not None else math.nan,
@@ -71,6 +49,54 @@ def fit(cfg: DictConfig, plan: RunPlan | Path) -> dict[str, Any]:
             else "no validation yet")
     log.info("%s: %s; checkpoints in %s", f"stopped by {stopped_by}" if stopped_by else "done", best, run.ckpt_dir)
     return result
+
+
+def _epochs(run: Run, tb: TensorBoardLogger) -> str | None:
+    """The epochs left to train; returns the name of the signal that stopped them, if one did."""
+    t, state = run.cfg.trainer, run.state
+    with GracefulStop() as stop:
+        for epoch in range(state.epoch + 1, t.epochs + 1):
+            if stop():  # a signal during validation: last.pt is already written or about to be
+                _interrupted(run, stop.requested, epoch)
+                return stop.requested
+            stats = _train_epoch(run, epoch, stop)
+            state.samples_seen += stats.samples
+            if stats.interrupted:
+                state.progress = stats.progress
+                state.progress.train_metrics = run.train_metrics.state_dict()
+                _interrupted(run, stop.requested, epoch)
+                return stop.requested
+            state.progress = None
+            state.epoch = epoch
+            _log_train(tb, run, stats, epoch)
+            if run.scheduler is not None and not run.plateau:
+                run.scheduler.step()  # before validate() writes last.pt, so a resume starts at the next lr
+            validated = epoch == 1 or epoch % max(1, t.val_every) == 0 or epoch == t.epochs
+            if validated:
+                validate(run, tb, epoch)
+            _summary(epoch, t.epochs, stats, state.metrics if validated else None, t.monitor)
+            if t.early_stopping is not None and state.stale_validations >= t.early_stopping:
+                log.info("early stopping: %s has not improved for %d validations", t.monitor, t.early_stopping)
+                break
+            tb.flush()
+    return None
+
+
+def _diverged(run: Run, exc: TrainingDiverged) -> str:
+    """The one line for a diverged run: where, what is kept, what to try."""
+    t = run.cfg.trainer
+    kept = [name for name in ("last.pt", "best.pt") if (run.ckpt_dir / name).is_file()]
+    saved = (f"{' and '.join(kept)} in {run.ckpt_dir} keep the last finite state" if kept
+             else "no checkpoint had been written yet")
+    lr = run.cfg.optimizer.get("lr")
+    tips = [f"a lower optimizer.lr (now {lr:g})" if isinstance(lr, (int, float)) else "a lower optimizer.lr"]
+    if run.amp.precision != "32":
+        tips.append("trainer.precision=32")
+    if t.grad_clip_norm is None:
+        tips.append("trainer.grad_clip_norm=1.0")
+    advice = tips[0] if len(tips) == 1 else f"{', '.join(tips[:-1])} or {tips[-1]}"
+    # A resume would bring the stored optimizer state back, its lr included: a new run takes the new settings.
+    return f"{exc}. It stopped without saving that state ({saved}). Start a new run with {advice}"
 
 
 def _train_epoch(run: Run, epoch: int, stop: GracefulStop) -> EpochStats:
@@ -84,11 +110,18 @@ def _train_epoch(run: Run, epoch: int, stop: GracefulStop) -> EpochStats:
         run.train_metrics.load_state_dict(progress.train_metrics, run.step.device)
     if progress.samples:
         log.info("epoch %d: continuing after its first %d samples", epoch, progress.samples)
-    return train_one_epoch(
+    stats = train_one_epoch(
         run.step_model, run.train_loader, run.loss_fn, run.optimizer, run.step, augment=run.augment,
         metrics=run.train_metrics, progress_every=t.progress_every, desc=f"epoch {epoch}/{t.epochs}",
         should_stop=stop, start=progress,
     )  # fmt: skip
+    # Every loss was finite, yet the last steps may have left nan weights (or batch-norm statistics):
+    # found here, before validation scores them and a checkpoint could keep them.
+    bad = nonfinite_weights(run.model)
+    if bad:
+        raise TrainingDiverged(f"training diverged: the model's weights became nan or inf during epoch {epoch} "
+                               f"(e.g. {', '.join(bad[:3])})", epoch=epoch)
+    return stats
 
 
 def _interrupted(run: Run, signal_name: str | None, epoch: int) -> None:
@@ -119,9 +152,9 @@ def validate(run: Run, tb: TensorBoardLogger, epoch: int) -> None:
         state.stale_validations += 1
     if run.plateau:
         run.scheduler.step(score)
-    run.save("last.pt")
+    last = run.save("last.pt")  # first, recording the new best: seg/train/repair.py says why
     if improved:
-        best = run.save("best.pt")
+        best = run.save_best(last)
         log.info("new best %s=%.4f at epoch %d: %s sha256=%s", t.monitor, score, epoch, best, sha256(best))
 
 

@@ -12,19 +12,21 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from seg.checkpoint import load_model_state, make_checkpoint, save_checkpoint
+from seg.checkpoint import load_model_state, make_checkpoint, publish_copy, save_checkpoint
 from seg.config import check_train_config
 from seg.data.base import SegDataModule
 from seg.data.split import write_split
 from seg.engine import builders
 from seg.engine.amp import Amp
-from seg.engine.loop import StepSettings
+from seg.engine.loop import StepSettings, nonfinite_weights
 from seg.engine.preview import Preview
 from seg.engine.seeding import rng_state, seed_everything, set_rng_state
 from seg.engine.state import EpochProgress, TrainState
-from seg.errors import CheckpointError, ConfigError
+from seg.errors import CheckpointError, ConfigError, TrainingDiverged
 from seg.metrics import SegMetrics
+from seg.provenance import provenance_differences, split_sha256
 from seg.train.plan import RunPlan
+from seg.train.repair import repair_run_folder
 from seg.train.resume import plain_config
 
 log = logging.getLogger("seg")
@@ -50,6 +52,7 @@ class Run:
     val_metrics: SegMetrics
     previews: dict[str, Preview]
     state: TrainState = field(default_factory=TrainState)
+    provenance: dict[str, Any] = field(default_factory=dict)  # data fingerprint and split hash: taken once
 
     def __post_init__(self) -> None:
         self.plain_config = plain_config(self.cfg)  # what every checkpoint stores: resolved once
@@ -63,6 +66,12 @@ class Run:
         return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
     def save(self, name: str) -> Path:
+        """Write checkpoints/<name>; never for weights that turned nan or inf (raises TrainingDiverged),
+        so a kept checkpoint is always one to resume from."""
+        bad = nonfinite_weights(self.model)  # one host read per save
+        if bad:
+            raise TrainingDiverged(f"training diverged: the model's weights became nan or inf by epoch "
+                                   f"{self.state.epoch} (e.g. {', '.join(bad[:3])})", epoch=self.state.epoch)
         s = self.state
         return save_checkpoint(make_checkpoint(
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
@@ -71,8 +80,14 @@ class Run:
             epoch=s.epoch, samples_seen=s.samples_seen, best_score=s.best_score, best_epoch=s.best_epoch,
             stale_validations=s.stale_validations, monitor=self.cfg.trainer.monitor, monitor_mode=self.mode,
             metrics=s.metrics, config=self.plain_config, rng=rng_state(),
-            epoch_progress=s.progress.to_dict() if s.progress is not None else None,
+            epoch_progress=s.progress.to_dict() if s.progress is not None else None, provenance=self.provenance,
         ), self.ckpt_dir / name)  # fmt: skip
+
+    def save_best(self, last: Path) -> Path:
+        """best.pt after a validation that improved: the last.pt just written holds the same state, so
+        best.pt becomes a hard link to it (a copy without them). last.pt goes first, recording the new
+        best: seg/train/repair.py says why that order, and how a start repairs a kill between the two."""
+        return publish_copy(last, self.ckpt_dir / "best.pt")
 
 
 def start_run(cfg: DictConfig, plan: RunPlan) -> Run:
@@ -88,8 +103,10 @@ def start_run(cfg: DictConfig, plan: RunPlan) -> Run:
     amp = builders.build_amp(str(t.precision), device)
     channels_last = builders.resolve_channels_last(t.channels_last, amp)
     data, split, loss_fn, val_metrics = _build_data(cfg)
+    provenance = {"data": getattr(data, "source_fingerprint", lambda: None)(), "split_sha256": split_sha256(split)}
     if plan.resuming:
         _check_same_split(plan.run_dir / "split.json", split)
+        _warn_provenance(plan, provenance["data"], split)
     train_ds, val_ds = data.dataset("train"), data.dataset("val")
     model = builders.build_model(cfg.model, t.weight_init).to(device)
     if channels_last:
@@ -104,7 +121,7 @@ def start_run(cfg: DictConfig, plan: RunPlan) -> Run:
         # The compiled wrapper runs the steps; checkpoints always take the plain module's state_dict.
         step_model=torch.compile(model, backend=t.compile_backend) if t.compile else model,
         loss_fn=loss_fn.to(device),
-        augment=builders.build(cfg.augmentation, "augmentation").to(device),
+        augment=builders.build_module(cfg.augmentation, "augmentation").to(device),
         optimizer=optimizer, scheduler=builders.build_scheduler(cfg.scheduler, optimizer, t.epochs, mode),
         train_loader=builders.build_loader(train_ds, batch_size=t.batch_size, device=device, shuffle_seed=cfg.seed,
                                            drop_last=True, **loaders),
@@ -112,8 +129,10 @@ def start_run(cfg: DictConfig, plan: RunPlan) -> Run:
         train_metrics=SegMetrics(n_classes=data.n_classes, class_names=data.class_names),
         val_metrics=val_metrics,
         # Previews before any restore: random-crop datasets draw from the RNG when their items are taken.
-        previews={name: Preview(ds, data.preview_indices(name, t.preview_images), data.n_classes)
+        previews={name: Preview(ds, data.preview_indices(name, t.preview_images), data.n_classes,
+                                class_names=data.class_names)
                   for name, ds in (("val", val_ds), ("train", train_ds))},
+        provenance=provenance,
     )  # fmt: skip
     if plan.resuming:  # reads only: a checkpoint that does not fit still leaves the folder as it was
         run.state = restore(run, plan)
@@ -121,6 +140,7 @@ def start_run(cfg: DictConfig, plan: RunPlan) -> Run:
                  run.state.samples_seen)
     # Everything is built: only now does the run folder get its first file.
     plan.run_dir.mkdir(parents=True, exist_ok=True)
+    repair_run_folder(plan, run.state)
     write_split(plan.run_dir / "split.json", split)
     _log_start(run, workers)
     return run
@@ -136,7 +156,7 @@ def _build_data(cfg: DictConfig) -> tuple[SegDataModule, dict[str, list[str]], t
             f"the {type(data).__name__} split has {len(train_ds)} training and {len(val_ds)} validation "
             "item(s); both need at least one (check dataset.split ratios and the number of cases)"
         )
-    loss_fn = builders.build(cfg.loss, "loss")
+    loss_fn = builders.build_module(cfg.loss, "loss")
     _check_loss_fits(loss_fn, train_ds[0], data.n_classes)
     kaggle = bool(getattr(data, "kaggle_metric", False))
     val_metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names, kaggle=kaggle)
@@ -192,6 +212,14 @@ def _check_same_split(path: Path, split: dict[str, list[str]]) -> None:
             f"resume: the dataset settings give another split than the run's {path} (train/val/test "
             f"{sizes(before)} before, {sizes(split)} now). Resume with the run's dataset settings, or start a new run"
         )
+
+
+def _warn_provenance(plan: RunPlan, data: dict[str, Any] | None, split: dict[str, list[str]]) -> None:
+    """A resume on changed source files (or, for a loose copy without the run's split.json, another split)
+    may be intended (files re-exported, a cleaned label): said in one line, not refused."""
+    found = provenance_differences(plan.checkpoint(), data, split)
+    if found:
+        log.warning("resume: %s; training goes on with the data as it is now", "; ".join(found))
 
 
 def _replan_schedule(run: Run, ckpt: dict[str, Any]) -> None:
