@@ -35,6 +35,29 @@ class OverlayChoice(str, Enum):
     none = "none"
 
 
+class InferenceMode(str, Enum):
+    resize = "resize"  # seg-predict resizes images to the training size; seg-eval runs the dataset's size
+    slide = "slide"  # windows of the training size over the image at its own resolution
+
+
+@dataclass
+class RecipeInference:
+    """How seg-eval and seg-predict run the trained model unless their command line says otherwise."""
+
+    mode: InferenceMode = InferenceMode.resize
+    window: Any = None  # slide: [h, w] or one int; null = the training size (dataset.image_size or crop_size)
+
+
+@dataclass
+class InferenceConfig:
+    """seg-eval's and seg-predict's `inference.*`: resize or sliding windows (seg/inference/sliding.py)."""
+
+    mode: Optional[InferenceMode] = None  # null = the checkpoint's recipe (its inference.mode), else resize
+    window: Any = None  # slide: [h, w] or one int; null = the recipe's, else the training size
+    overlap: float = 0.5  # slide: the fraction of a window shared with its neighbour, in [0, 1)
+    batch: int = 8  # slide: windows per forward pass (bounds the memory)
+
+
 # seg-eval and seg-predict when neither the command nor the checkpoint's trainer names a batch size.
 INFERENCE_BATCH_SIZE = 16
 
@@ -79,6 +102,7 @@ class TrainConfig:
     scheduler: Any = None
     resume: Optional[str] = None  # PATH/last.pt, or `auto` for <run dir>/checkpoints/last.pt
     run_dir: Optional[str] = None  # default: Hydra's output directory
+    inference: RecipeInference = field(default_factory=RecipeInference)  # stored: seg-eval/-predict's default
     # Your own `_target_` classes (exact dotted names) on top of seg.allowlist's, e.g. [mypkg.MyNet].
     allowed_targets: List[str] = field(default_factory=list)
 
@@ -95,6 +119,14 @@ class EvalConfig:
     precision: Optional[str] = None  # default: the training precision
     overlays: OverlayChoice = OverlayChoice.worst
     n_overlays: int = 8
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    # Post-processing (seg/inference/postprocess.py): tune=true searches it on split=val and writes
+    # <checkpoint stem>.postprocess.json beside the checkpoint; postprocess=false ignores that file.
+    tune: bool = False
+    tune_objective: Optional[str] = None  # null = the training's trainer.monitor, e.g. val/dice_kaggle
+    postprocess: bool = True
+    surface: bool = False  # HD95, ASSD and surface Dice per image (seg/surface.py; costs time)
+    surface_tolerance: float = 2.0  # surface Dice tolerance, in mm where the data has a spacing, else px
     # Your own `_target_` classes (exact dotted names) on top of seg.allowlist; a checkpoint's are ignored.
     allowed_targets: List[str] = field(default_factory=list)
 
@@ -115,7 +147,26 @@ class PredictConfig:
     precision: Optional[str] = None  # default: the training precision
     threshold: float = 0.5  # binary models: foreground where the probability exceeds it
     tta: bool = False  # average over the four flips
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    overlays: bool = False  # also write overlays/<name>.png: the prediction drawn on the input
+    postprocess: bool = True  # apply <checkpoint stem>.postprocess.json (seg-eval tune=true) if present
     submission: Optional[RleForm] = None  # also write submission.csv (ImageId,EncodedPixels) in this form
+    # Your own `_target_` classes (exact dotted names) on top of seg.allowlist; a checkpoint's are ignored.
+    allowed_targets: List[str] = field(default_factory=list)
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"  # run by onnxruntime (seg-predict ckpt=model.onnx too)
+    torchscript = "torchscript"  # torch.jit.load, no seg needed
+
+
+@dataclass
+class ExportConfig:
+    ckpt: str = MISSING
+    format: ExportFormat = ExportFormat.onnx
+    out: Optional[str] = None  # default: <run dir of the checkpoint>/export/<ckpt stem>.onnx (.torchscript.pt)
+    parity_images: int = 8  # validation images the exported model is checked on against PyTorch
+    dataset: Dict[str, Any] = field(default_factory=dict)  # overrides (dataset.root=...) to find the val images
     # Your own `_target_` classes (exact dotted names) on top of seg.allowlist; a checkpoint's are ignored.
     allowed_targets: List[str] = field(default_factory=list)
 
@@ -181,6 +232,7 @@ def register() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="predict_schema", node=PredictConfig)
+    cs.store(name="export_schema", node=ExportConfig)
     if not OmegaConf.has_resolver("seg.ctx_channels"):
         OmegaConf.register_new_resolver("seg.ctx_channels", _ctx_channels)
 

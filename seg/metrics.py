@@ -42,13 +42,18 @@ def _counts(logits: Tensor, mask: Tensor, threshold: float, ignore_index: int) -
             f"metrics expect logits [B,C,H,W] and mask [B,H,W] of the same B, H, W; got logits "
             f"{tuple(logits.shape)} and mask {tuple(mask.shape)}"
         )
+    return _prediction_counts(prediction(logits, threshold), mask, logits.shape[1], ignore_index)
+
+
+def _prediction_counts(pred: Tensor, mask: Tensor, channels: int, ignore_index: int) -> tuple[Tensor, ...]:
+    """`_counts` of predicted class ids [B,H,W] (binary: 1 = foreground) for a model of `channels`
+    outputs; the one place both the logits path and the post-processed masks' path count."""
     valid = mask != ignore_index
-    pred = prediction(logits, threshold)
-    if logits.shape[1] == 1:
+    if channels == 1:
         pred_on = ((pred == 1) & valid).unsqueeze(1)
         target_on = ((mask != 0) & valid).unsqueeze(1)
     else:
-        classes = torch.arange(logits.shape[1], device=logits.device).view(1, -1, 1, 1)
+        classes = torch.arange(channels, device=pred.device).view(1, -1, 1, 1)
         pred_on = (pred.unsqueeze(1) == classes) & valid.unsqueeze(1)
         target_on = (mask.unsqueeze(1) == classes) & valid.unsqueeze(1)
     dims = (2, 3)
@@ -88,6 +93,21 @@ def per_image_stats(
     scores = _scores(tp, fp, fn)
     present = ((tp + fp + fn) > 0).double()
     return {key: _mean_present(scores[key], present) for key in ("dice", "iou", "precision", "recall")}
+
+
+def per_image_prediction_stats(pred: Tensor, mask: Tensor, n_classes: int,
+                               ignore_index: int = IGNORE_INDEX) -> dict[str, Tensor]:
+    """`per_image_stats` of predicted class ids [B,H,W] (binary: 1 = foreground), e.g. post-processed
+    masks, plus the per-class values behind the means: `class_<key>` [B,K'] and `present` [B,K']
+    (the class is in the truth or the prediction), `n_pred`/`n_target` [B,K'] pixel counts."""
+    channels = 1 if int(n_classes) == 1 else int(n_classes)
+    tp, n_pred, n_target, _ = _prediction_counts(pred, mask, channels, ignore_index)
+    fp, fn = n_pred - tp, n_target - tp
+    scores = _scores(tp, fp, fn)
+    present = (tp + fp + fn) > 0
+    out = {key: _mean_present(scores[key], present.double()) for key in ("dice", "iou", "precision", "recall")}
+    out.update({f"class_{key}": scores[key] for key in ("dice", "iou", "precision", "recall")})
+    return {**out, "present": present, "n_pred": n_pred, "n_target": n_target}
 
 
 class SegMetrics:
@@ -140,10 +160,26 @@ class SegMetrics:
                 f"metrics were set up for n_classes={self.n_classes} ({channels} output channel(s)) but got "
                 f"logits of shape {tuple(logits.shape)}; check dataset.n_classes against the model"
             )
+        self.update_counts(*_counts(logits, mask, self.threshold, self.ignore_index), loss=loss)
+
+    @torch.no_grad()
+    def update_prediction(self, pred: Tensor, mask: Tensor, loss: Tensor | None = None) -> None:
+        """`update` from predicted class ids [B,H,W] (binary: 1 = foreground), e.g. post-processed
+        masks, instead of logits; the same counting rules."""
+        if pred.dim() != 3 or mask.dim() != 3 or pred.shape != mask.shape:
+            raise ConfigError(f"metrics expect a prediction [B,H,W] and mask [B,H,W] of one shape; got "
+                              f"{tuple(pred.shape)} and {tuple(mask.shape)}")
+        channels = 1 if self.n_classes == 1 else self.n_classes
+        self.update_counts(*_prediction_counts(pred, mask, channels, self.ignore_index), loss=loss)
+
+    @torch.no_grad()
+    def update_counts(self, tp: Tensor, n_pred: Tensor, n_target: Tensor, n_valid: Tensor,
+                      loss: Tensor | None = None) -> None:
+        """Add per-image counts (TP, predicted, target: [B,K'] int64; labelled pixels [B]), as `_counts`
+        gives them; tuning scores its candidates through here, so they follow the same rules."""
         if self._state is None:
-            self._state = self._init_state(logits.device)
+            self._state = self._init_state(tp.device)
         s = self._state
-        tp, n_pred, n_target, n_valid = _counts(logits, mask, self.threshold, self.ignore_index)
         fp, fn = n_pred - tp, n_target - tp
         s["tp"] += tp.sum(0)
         s["fp"] += fp.sum(0)
@@ -152,7 +188,7 @@ class SegMetrics:
         s["valid"] += n_valid.sum()
         present = ((tp + fp + fn) > 0).double()
         s["dice_image_sum"] += _mean_present(_scores(tp, fp, fn)["dice"], present).sum()
-        self.n_images += int(logits.shape[0])
+        self.n_images += int(tp.shape[0])
         if loss is not None:
             s["loss_sum"] += loss.detach().double().reshape(())
             self.n_losses += 1

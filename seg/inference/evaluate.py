@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,21 +12,21 @@ from torch.utils.data import Subset
 
 from seg.checkpoint import load_checkpoint, sha256
 from seg.config import INFERENCE_BATCH_SIZE
-from seg.data.base import check_split
+from seg.data.base import SegDataModule, check_split
 from seg.data.io import safe_name
 from seg.engine import builders
 from seg.engine.loop import StepSettings, evaluate
 from seg.engine.preview import Preview
 from seg.errors import ConfigError
-from seg.inference.core import load_model, output_dir, stored_config
+from seg.inference.core import InferredLogits, load_model, output_dir, resolve_inference, stored_config
 from seg.inference.outputs import OutputFolder
+from seg.inference.report import finish_tuning, prepare, summary
+from seg.inference.tables import REPORTS, table, write_reports
 from seg.logger.overlay import save_png
-from seg.metrics import SegMetrics, per_image_stats
+from seg.metrics import SegMetrics
+from seg.provenance import provenance_differences
 
 log = logging.getLogger("seg")
-
-SUMMARY_KEYS = ("dice", "iou", "precision", "recall", "f1", "dice_per_image")
-REPORTS = ("metrics.json", "per_image.csv")
 
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
@@ -44,52 +42,42 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     outputs = OutputFolder(out_dir, "seg-eval")
     outputs.claim(REPORTS)  # before the evaluation: a file of the user's in the way fails at once
     train_cfg = stored_config(ckpt, cfg.dataset, path, cfg.allowed_targets)
+    how = resolve_inference(cfg.get("inference"), ckpt["config"])
     loaded = load_model(ckpt, path, train_cfg, device=cfg.device, precision=cfg.precision)
     model, settings = loaded.model, loaded.settings
+    if how.sliding:  # scored, and drawn in the overlays, from sliding windows at the dataset's resolution
+        model = InferredLogits(model, settings.amp, how, settings.channels_last)
+    log.info("seg-eval: %s", how.describe())
     device, trainer = settings.device, train_cfg.get("trainer", {})
     data = builders.build_data(train_cfg.dataset)
     dataset = data.dataset(cfg.split)
+    for difference in provenance_differences(ckpt, data, data.split_ids()):  # scores would not compare
+        log.warning("seg-eval: %s; the scores may not compare with the training's", difference)
+    collector = prepare(cfg, path, digest, data, dataset, trainer)  # tuning's refusals, a .postprocess.json
     loss_fn = builders.build_module(train_cfg.loss, "loss").to(device)
     metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names,
                          kaggle=bool(getattr(data, "kaggle_metric", False)))
     batch_size = int(cfg.batch_size or trainer.get("batch_size", INFERENCE_BATCH_SIZE))
     workers = builders.resolve_num_workers(cfg.num_workers, device)
     loader = builders.build_loader(dataset, batch_size=batch_size, num_workers=workers, device=device)
-    rows: list[dict[str, Any]] = []
-    ids = list(getattr(dataset, "ids", range(len(dataset))))
-
-    def collect(batch: dict[str, Any], logits: torch.Tensor, mask: torch.Tensor) -> None:
-        stats = {k: v.cpu().tolist() for k, v in per_image_stats(logits, mask).items()}
-        for j, index in enumerate(batch["index"].tolist()):
-            scores = {k: stats[k][j] for k in ("dice", "iou", "precision", "recall")}
-            rows.append({"id": ids[index], "index": index, **scores})
-
-    values = evaluate(model, loader, loss_fn, metrics, settings, desc=f"eval {cfg.split}", on_batch=collect)
+    raw = evaluate(model, loader, loss_fn, metrics, settings, desc=f"eval {cfg.split}", on_batch=collector)
+    rows, tuning = collector.rows, finish_tuning(collector, path, digest)
+    values = collector.values(raw)  # the post-processed masks' metrics where settings apply
     overlays = _overlay_names(cfg, rows)
     outputs.claim([*REPORTS, *(f"overlays/{name}" for name in overlays.values())])
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {**values, "n_images": len(rows), "split": cfg.split, "checkpoint": str(path.resolve()),
-              "checkpoint_sha256": digest, "epoch": ckpt.get("epoch")}
+              "checkpoint_sha256": digest, "epoch": ckpt.get("epoch"), "inference": how.describe(),
+              **summary(collector, raw, tuning)}
     try:  # what was written is recorded even when a stop or an error comes in the middle
-        (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
-        _write_csv(out_dir / "per_image.csv", rows)
-        for name in REPORTS:
-            outputs.wrote(out_dir / name)
+        write_reports(outputs, report, collector, f"{path.name} on {cfg.split}")
         outputs.remove_previous("overlays")  # an earlier seg-eval's ranks and scores; never the user's files
-        n_saved = _save_overlays(overlays, rows, dataset, data.n_classes, model, settings, outputs)
+        n_saved = _save_overlays(overlays, rows, dataset, data, model, settings, outputs)
     finally:
         outputs.save_record()
-    _print_table(values, len(rows), cfg.split, path)
-    log.info("wrote %s, %s and %d overlay(s) to %s", "metrics.json", "per_image.csv", n_saved, out_dir)
+    print(table(report, values, path))
+    log.info("wrote %s and %d overlay(s) to %s", ", ".join(REPORTS), n_saved, out_dir)
     return report
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "dice", "iou", "precision", "recall"], extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
 def _overlay_names(cfg: DictConfig, rows: list[dict[str, Any]]) -> dict[int, str]:
@@ -104,7 +92,7 @@ def _overlay_names(cfg: DictConfig, rows: list[dict[str, Any]]) -> dict[int, str
             for rank, i in enumerate(chosen)}
 
 
-def _save_overlays(names: dict[int, str], rows: list[dict[str, Any]], dataset: Any, n_classes: int,
+def _save_overlays(names: dict[int, str], rows: list[dict[str, Any]], dataset: Any, data: SegDataModule,
                    model: torch.nn.Module, settings: StepSettings, outputs: OutputFolder) -> int:
     folder = outputs.folder / "overlays"
     if names:
@@ -113,16 +101,9 @@ def _save_overlays(names: dict[int, str], rows: list[dict[str, Any]], dataset: A
     for start in range(0, len(chosen), 16):  # bounded memory even with overlays=all
         part = chosen[start : start + 16]
         subset = Subset(dataset, [rows[i]["index"] for i, _ in part])
-        panels = Preview(subset, list(range(len(part))), n_classes).render(model, settings)
+        panels = Preview(subset, list(range(len(part))), data.n_classes,
+                         class_names=data.class_names).render(model, settings)
         for (_, name), panel in zip(part, panels):
             save_png(panel, folder / name)
             outputs.wrote(folder / name)
     return len(chosen)
-
-
-def _print_table(values: dict[str, float], n: int, split: str, path: Path) -> None:
-    keys = [k for k in SUMMARY_KEYS if k in values] + sorted(k for k in values if k not in SUMMARY_KEYS)
-    width = max(len(k) for k in keys)
-    lines = [f"{path} on {split} ({n} images)", "-" * (width + 12)]
-    lines += [f"{k:<{width}}  {values[k]:>9.4f}" for k in keys]
-    print("\n".join(lines))

@@ -1,9 +1,10 @@
 """seg-predict: masks for new, unlabelled images from a checkpoint.
 
-Each image is read and resized the way training read its dataset (grey or RGB by the model's input
-channels, DICOM through SimpleITK, the stored `dataset.image_size`), predicted, and the class
-probabilities are resized back to the image's own size before thresholding, so every mask lines up
-with its input pixel for pixel.
+Each image is read the way training read its dataset (seg/inference/inputs.py). In resize mode it is
+resized to the stored `dataset.image_size`, predicted, and the class probabilities are resized back
+to the image's own size before thresholding; in slide mode windows of the training size run over the
+image at its own size (seg/inference/sliding.py). Either way every mask lines up with its input
+pixel for pixel. Multi-class masks are palette PNGs: class ids as pixel values, shown in colour.
 """
 
 from __future__ import annotations
@@ -11,58 +12,31 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from PIL import Image
 
 from seg.checkpoint import load_checkpoint, sha256
 from seg.config import INFERENCE_BATCH_SIZE
 from seg.data.base import as_size, resize_image
-from seg.data.io import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_dicom_gray, read_gray, read_rgb
 from seg.data.rle import ENCODERS
 from seg.engine.amp import Amp
 from seg.errors import CheckpointError, ConfigError, DatasetError
-from seg.inference.core import load_model, output_dir, predict_probs, stored_config
+from seg.inference.core import Inference, infer_probs, load_model, output_dir, resolve_inference, stored_config
+from seg.inference.inputs import find_inputs, multi_page, read_input
 from seg.inference.outputs import OutputFolder
+from seg.inference.postprocess import load_postprocess, to_mask
+from seg.logger.overlay import CLASS_PALETTE, class_overlay, save_png, to_display
+
+if TYPE_CHECKING:
+    from seg.inference.onnx_runner import OnnxPredictor
 
 log = logging.getLogger("seg")
-
-INPUT_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES
-
-
-def find_inputs(path: Path, recursive: bool) -> list[Path]:
-    """The image files to predict: `path` itself, or those in the folder (and below, if recursive)."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise DatasetError(f"input={path} does not exist; give an image file or a folder of images")
-    pattern = "**/*" if recursive else "*"
-    files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
-    if not files:
-        where = "in or below" if recursive else "directly in"
-        raise DatasetError(f"no images {where} {path} (looked for {', '.join(INPUT_SUFFIXES)})")
-    return files
-
-
-def read_input(path: Path, channels: int) -> np.ndarray:
-    """HxWxC uint8, as the training readers decode: grey for 1-channel models, RGB for 3."""
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        gray = read_dicom_gray(path)
-        return gray[..., None] if channels == 1 else np.repeat(gray[..., None], 3, axis=-1)
-    return read_gray(path)[..., None] if channels == 1 else read_rgb(path)
-
-
-def to_mask(probs: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
-    """Probabilities [K,h,w] resized (bilinear) to `size`, then thresholded (binary) or argmax."""
-    probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
-    labels = (probs[0] > threshold) if probs.shape[0] == 1 else probs.argmax(0)
-    return labels.to(torch.uint8).cpu().numpy()
 
 
 @dataclass
@@ -74,14 +48,33 @@ class Predictor:
     device: torch.device
     channels: int
     n_classes: int
-    size: tuple[int, int] | None  # the training image size; None = images were used at native size
+    size: tuple[int, int] | None  # resize mode: the training image size; None = each image at its own size
+    how: Inference = field(default_factory=Inference)
+    channels_last: bool = False
+    postprocess: Any = None  # what post-processes the masks, if anything: predictions.csv names it
 
-    def __call__(self, images: list[np.ndarray], threshold: float, tta: bool) -> list[np.ndarray]:
-        """One mask per image (HxW uint8 at the image's own size)."""
+    def __call__(self, images: list[np.ndarray], threshold: float) -> list[np.ndarray]:
+        """One mask per image (HxW uint8 at the image's own size); images of one size when `size` is None."""
         resized = [resize_image(im, self.size) if self.size else im for im in images]
         batch = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).to(self.device).float().div_(255)
-        probs = predict_probs(self.model, batch, self.amp, tta)
-        return [to_mask(p, im.shape[:2], threshold) for p, im in zip(probs, images)]
+        probs = infer_probs(self.model, batch, self.amp, self.how, channels_last=self.channels_last)
+        return [to_mask(p, im.shape[:2], threshold, self.postprocess) for p, im in zip(probs, images)]
+
+    def settings_row(self) -> dict[str, str]:
+        """predictions.csv's record of how the masks were made; `input_size`: what the model saw at once
+        (the resize target, the sliding window, or `native`)."""
+        size = self.how.window if self.how.sliding else self.size
+        return {"tta": str(self.how.tta).lower(), "sliding": str(self.how.sliding).lower(),
+                "input_size": f"{size[0]}x{size[1]}" if size else "native",
+                "postprocess": _name(self.postprocess)}
+
+
+def _name(step: Any) -> str:
+    """How predictions.csv names a post-processing step: `none`, a string as is, else its `name`
+    attribute or class name."""
+    if step is None:
+        return "none"
+    return step if isinstance(step, str) else str(getattr(step, "name", None) or type(step).__name__)
 
 
 def load_predictor(cfg: DictConfig, ckpt: dict[str, Any], path: Path) -> Predictor:
@@ -95,11 +88,33 @@ def load_predictor(cfg: DictConfig, ckpt: dict[str, Any], path: Path) -> Predict
     if "image_size" not in train_cfg.dataset:  # null means native size: a missing key must not read as that
         raise CheckpointError(f"{path}: its stored config lacks dataset.image_size; the checkpoint is damaged or "
                               "was not written by seg-train")
+    how = resolve_inference(cfg.get("inference"), ckpt["config"], tta=bool(cfg.tta))
     image_size = train_cfg.dataset.image_size
-    size = as_size(image_size) if image_size is not None else None
-    # Inputs are resized to the training size; at native sizes each new shape would be autotuned.
-    loaded = load_model(ckpt, path, train_cfg, device=cfg.device, precision=cfg.precision, autotune=size is not None)
-    return Predictor(loaded.model, loaded.settings.amp, loaded.settings.device, channels, n_classes, size)
+    # Slide mode never resizes: each image keeps its own size, the windows have the training size.
+    size = as_size(image_size) if image_size is not None and not how.sliding else None
+    # Resized inputs and windows have one shape; at native sizes each new shape would be autotuned.
+    loaded = load_model(ckpt, path, train_cfg, device=cfg.device, precision=cfg.precision,
+                        autotune=size is not None or how.sliding)
+    settings = loaded.settings
+    log.info("seg-predict: %s", how.describe())
+    # Tuned on validation (seg-eval tune=true) and stored beside the checkpoint: binary models only.
+    postprocess = load_postprocess(path, sha256(path)) if cfg.postprocess and n_classes == 1 else None
+    if postprocess is not None:
+        log.info("seg-predict: post-processing tuned on validation: %s (postprocess=false to skip)", postprocess.name)
+    return Predictor(loaded.model, settings.amp, settings.device, channels, n_classes, size, how,
+                     settings.channels_last, postprocess)
+
+
+def _load(cfg: DictConfig, path: Path) -> Predictor | OnnxPredictor:
+    """A seg-train checkpoint runs in PyTorch; a seg-export .onnx file in onnxruntime (its threshold and
+    image-level rule are inside the graph)."""
+    if path.suffix.lower() != ".onnx":
+        return load_predictor(cfg, load_checkpoint(path), path)
+    if str(getattr(cfg.inference.mode, "value", cfg.inference.mode)) == "slide":
+        raise ConfigError("inference.mode=slide runs seg's PyTorch model: give the checkpoint, not the .onnx file")
+    from seg.inference.onnx_runner import load_onnx_predictor  # onnxruntime: the seg[onnx] extra
+
+    return load_onnx_predictor(path, device=str(cfg.device), tta=bool(cfg.tta))
 
 
 def mask_paths(files: list[Path], root: Path) -> list[Path]:
@@ -111,13 +126,27 @@ def mask_paths(files: list[Path], root: Path) -> list[Path]:
             for p, f in zip(plain, files)]
 
 
-def page_count(path: Path) -> int:
-    """Frames in a multi-page file (a TIFF stack); 1 for anything PIL cannot count."""
-    try:
-        with Image.open(path) as image:
-            return int(getattr(image, "n_frames", 1))
-    except (OSError, ValueError, SyntaxError):
-        return 1
+def class_palette(n_classes: int) -> list[int]:
+    """The PNG palette of a multi-class mask: class k in the overlays' colour for k (seg.logger.overlay;
+    class 0 black), flattened as PIL's putpalette takes it."""
+    return [c for k in range(n_classes) for c in CLASS_PALETTE[k % len(CLASS_PALETTE)]]
+
+
+def write_mask(mask: np.ndarray, n_classes: int, target: Path) -> None:
+    """Binary: 0/255 grey. Multi-class: a palette ("P") PNG whose pixel values stay the class ids (what
+    np.asarray(Image.open(...)) returns) while any viewer shows them in colour."""
+    if n_classes == 1:
+        Image.fromarray(mask * 255).save(target)
+        return
+    image = Image.fromarray(mask)
+    image.putpalette(class_palette(n_classes))  # an "L" image becomes "P", pixel values unchanged
+    image.save(target)
+
+
+def write_overlay(image: np.ndarray, mask: np.ndarray, n_classes: int, target: Path) -> None:
+    """The prediction drawn on its input (one colour per class; binary: the foreground in blue)."""
+    display = to_display(torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float().div_(255))  # may be read-only
+    save_png(class_overlay(display, torch.from_numpy(mask)[None].long(), n_classes)[0], target)
 
 
 def _check_settings(cfg: DictConfig) -> None:
@@ -139,8 +168,7 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     _check_settings(cfg)
     form = None if cfg.submission is None else str(getattr(cfg.submission, "value", cfg.submission))
     encode = ENCODERS[form] if form is not None else None
-    ckpt = load_checkpoint(path)
-    predictor = load_predictor(cfg, ckpt, path)
+    predictor = _load(cfg, path)
     if form is not None and predictor.n_classes != 1:
         raise ConfigError(f"submission={form} writes run-length encoded binary masks, but this model has "
                           f"{predictor.n_classes} classes; leave submission=null (PNG masks hold the class ids)")
@@ -149,10 +177,11 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.out_dir).expanduser() if cfg.out_dir else output_dir(path, "predictions", name)
     targets = dict(zip(files, mask_paths(files, source if source.is_dir() else source.parent)))
     outputs = OutputFolder(out, "seg-predict")
+    kinds = ("masks", "overlays") if cfg.get("overlays") else ("masks",)
     outputs.claim(["predictions.csv", *(["submission.csv"] if form else []),
-                   *(f"masks/{t.as_posix()}" for t in targets.values())])
+                   *(f"{kind}/{t.as_posix()}" for kind in kinds for t in targets.values())])
     _make_out_dir(out)
-    stacks = [f.name for f in files if f.suffix.lower() in (".tif", ".tiff", ".gif") and page_count(f) > 1]
+    stacks = multi_page(files)
     if stacks:
         log.warning("%d file(s) hold several pages; only the first page of each is predicted: %s", len(stacks),
                     ", ".join(stacks[:5]))
@@ -172,13 +201,13 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
     return {"out_dir": str(out), "n_images": len(rows), "skipped": len(skipped)}
 
 
-def _predict_all(cfg: DictConfig, predictor: Predictor, files: list[Path], targets: dict[Path, Path],
+def _predict_all(cfg: DictConfig, predictor: Predictor | OnnxPredictor, files: list[Path], targets: dict[Path, Path],
                  outputs: OutputFolder, encode: Any) -> tuple[list[dict[str, Any]], list[str]]:
     """Masks for every readable file, in batches; the rows of predictions.csv and the skipped files."""
     out = outputs.folder
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
-    # Images of one size form a batch; native-size models take one image at a time.
+    # Resized images form a batch; at native sizes (and in slide mode, whose windows are batched) one at a time.
     step = int(cfg.batch_size or INFERENCE_BATCH_SIZE) if predictor.size else 1
     for start in range(0, len(files), step):
         part, images = [], []
@@ -188,15 +217,21 @@ def _predict_all(cfg: DictConfig, predictor: Predictor, files: list[Path], targe
                 part.append(file)
             except DatasetError as exc:
                 skipped.append(f"{file} ({str(exc).split(': ', 1)[-1]})")
-        for file, mask in zip(part, predictor(images, float(cfg.threshold), bool(cfg.tta)) if images else []):
+        masks = predictor(images, float(cfg.threshold)) if images else []
+        for file, image, mask in zip(part, images, masks):
             target = out / "masks" / targets[file]
             target.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask * 255 if predictor.n_classes == 1 else mask).save(target)
+            write_mask(mask, predictor.n_classes, target)
             outputs.wrote(target)
+            if cfg.get("overlays"):
+                drawn = out / "overlays" / targets[file]
+                drawn.parent.mkdir(parents=True, exist_ok=True)
+                write_overlay(image, mask, predictor.n_classes, drawn)
+                outputs.wrote(drawn)
             counts = np.bincount(mask.ravel(), minlength=max(2, predictor.n_classes))
             rows.append({"input": str(file), "mask": str(target.relative_to(out)), "height": mask.shape[0],
                          "width": mask.shape[1], "class_pixels": " ".join(map(str, counts.tolist())),
-                         "rle": encode(mask) if encode is not None else None})
+                         **predictor.settings_row(), "rle": encode(mask) if encode is not None else None})
         log.info("predicted %d/%d", len(rows), len(files))
     if skipped:
         log.warning("skipped %d unreadable file(s): %s", len(skipped), "; ".join(skipped[:5]))
@@ -204,7 +239,8 @@ def _predict_all(cfg: DictConfig, predictor: Predictor, files: list[Path], targe
 
 
 def _write_rows(target: Path, rows: list[dict[str, Any]]) -> None:
-    fields = ["input", "mask", "height", "width", "class_pixels"]  # pixels of class 0, 1, ... (binary: 0 = background)
+    # class_pixels: pixels of class 0, 1, ... (binary: 0 = background); then how the masks were made
+    fields = ["input", "mask", "height", "width", "class_pixels", "tta", "sliding", "input_size", "postprocess"]
     with open(target, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()

@@ -97,7 +97,7 @@ class TransposeUp(nn.Sequential):
 def center_crop(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
     """Cut the middle `size` out of x's last two dims (no-op when they already match)."""
     h, w = x.shape[-2:]
-    th, tw = int(size[0]), int(size[1])
+    th, tw = size[0], size[1]  # not int(): a traced or exported graph keeps the sizes symbolic
     top, left = (h - th) // 2, (w - tw) // 2
     return x[..., top : top + th, left : left + tw]
 

@@ -27,7 +27,8 @@ INVOCATION_KEYS = ("resume", "run_dir")
 # Changing these on resume is routine (train longer, another machine, moved data): logged, not warned.
 ROUTINE = ("trainer.epochs", "trainer.num_workers", "trainer.device", "trainer.progress_every", "trainer.pin_memory",
            "trainer.prefetch_factor", "trainer.early_stopping", "trainer.compile", "trainer.compile_backend",
-           "trainer.cudnn_benchmark", "trainer.deterministic", "dataset.root", "dataset.cache_dir")
+           "trainer.cudnn_benchmark", "trainer.deterministic", "dataset.root", "dataset.cache_dir",
+           "inference")  # how seg-eval/seg-predict run the model later, not how it trains
 RUN_GROUPS = ("dataset", "model", "loss", "augmentation", "optimizer", "scheduler")
 CHANGES_SHOWN = 4
 

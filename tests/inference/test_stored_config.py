@@ -30,9 +30,9 @@ def altered(best: Path, tmp_path: Path, change) -> Path:
     return save_checkpoint(ckpt, tmp_path / "altered.pt")
 
 
-def evaluate(path: Path, tmp_path: Path, **values) -> dict:
+def evaluate(path: Path, out: Path, **values) -> dict:
     cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), {"ckpt": str(path), "device": "cpu", "split": "val",
-                                                             "out_dir": str(tmp_path / "out"), **values})
+                                                             "out_dir": str(out), **values})
     return run_eval(cfg)
 
 
@@ -46,18 +46,26 @@ def test_every_key_the_configs_set_is_known() -> None:
 def test_a_stored_dataset_without_image_size_is_refused_by_name(best: Path, tmp_path: Path) -> None:
     path = altered(best, tmp_path, lambda c: c["dataset"].pop("image_size"))
     with pytest.raises(CheckpointError, match=r"lacks dataset\.image_size"):
-        evaluate(path, tmp_path)
+        evaluate(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    report = evaluate(path, tmp_path, dataset={"image_size": 32})  # the user may supply it
+    report = evaluate(path, tmp_path / "out", dataset={"image_size": 32})  # the user may supply it
     assert report["n_images"] > 0
 
 
 def test_a_model_without_target_or_that_builds_no_module(best: Path, tmp_path: Path) -> None:
     path = altered(best, tmp_path, lambda c: c["model"].pop("_target_"))
     with pytest.raises(ConfigError, match="the model config has no _target_"):
-        evaluate(path, tmp_path)
+        evaluate(path, tmp_path / "out")
 
     poly = {"_target_": "seg.engine.schedulers.poly", "_partial_": True}
     path = altered(best, tmp_path, lambda c: c.update(loss=poly))
     with pytest.raises(ConfigError, match=r"loss\._target_=seg.engine.schedulers.poly built a \w+, not a torch"):
-        evaluate(path, tmp_path)
+        evaluate(path, tmp_path / "out")
+
+
+def test_seg_eval_says_when_the_split_differs_from_the_trainings(best: Path, tmp_path: Path, caplog) -> None:
+    evaluate(best, tmp_path / "same")
+    assert "split differs" not in caplog.text
+    evaluate(best, tmp_path / "other", dataset={"split_seed": 7})
+    (line,) = [r.getMessage() for r in caplog.records if "split differs" in r.getMessage()]
+    assert "seg-eval: the train/val/test split differs from the one it was trained on" in line
