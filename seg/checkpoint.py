@@ -6,6 +6,7 @@ tensors, numbers, strings and containers only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -14,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -58,21 +60,13 @@ def _named(exc: OSError, path: Path) -> OSError:
     return exc
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write to a temporary file in the same folder, fsync, then rename: a crash or a full disk never
-    leaves a truncated file under the final name, and an existing checkpoint stays intact until the new
-    one is complete. A SIGKILL in the middle leaves only the temporary file, which the run's next start
-    removes (`remove_partial_writes`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[tuple[int, str]]:
+    """A temporary file beside `path` (its descriptor and name) that the body fills and renames onto
+    `path`; on any failure it goes, and a bare OSError (a full disk) names `path`."""
     fd, tmp = _temporary(path)
     try:
-        share_like_umask(Path(tmp))
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield fd, tmp
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         named = _named(exc, path)
@@ -83,6 +77,22 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write to a temporary file in the same folder, fsync, then rename: a crash or a full disk never
+    leaves a truncated file under the final name, and an existing checkpoint stays intact until the new
+    one is complete. A SIGKILL in the middle leaves only the temporary file, which the run's next start
+    removes (`remove_partial_writes`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _replacing(path) as (fd, tmp):
+        share_like_umask(Path(tmp))
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     return path
 
 
@@ -91,9 +101,8 @@ def publish_copy(source: str | Path, path: str | Path) -> Path:
     rename, as save_checkpoint does): a hard link where the file system has them, which writes no bytes,
     else a copy. fit uses it for best.pt, which is the last.pt just written with the same state."""
     source, path = Path(source), Path(path)
-    fd, tmp = _temporary(path)
-    os.close(fd)
-    try:
+    with _replacing(path) as (fd, tmp):
+        os.close(fd)
         os.unlink(tmp)  # os.link needs a free name: the random one mkstemp just reserved
         try:
             os.link(source, tmp)
@@ -102,16 +111,6 @@ def publish_copy(source: str | Path, path: str | Path) -> Path:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        named = _named(exc, path)
-        if named is exc:
-            raise
-        raise named from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
     return path
 
 
