@@ -10,6 +10,8 @@ Definitions (2D, boundaries as pixel sets):
 - ASSD: the mean of all distances of both directions pooled (sum of both sums / both counts).
 - Surface Dice at tolerance t (Nikolov et al., 2021, on pixel boundaries rather than surfels): the
   fraction of both boundaries' pixels that lie within t of the other boundary.
+Units: mm when the dataset gives a spacing for every image of the split (`split_spacing`), else px
+for all (a mix of mm and px would average numbers of different units).
 Empty masks: both empty -> "both_empty", no value (left out of every mean, counted apart); only one
 empty -> "one_empty": HD95 and ASSD are inf (left out of their means, counted apart) and surface Dice
 is 0 (a defined value, averaged in).
@@ -17,7 +19,8 @@ is 0 (a defined value, averaged in).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +38,46 @@ class Surface:
     assd: float
     surface_dice: float
     state: str  # BOTH, ONE_EMPTY or BOTH_EMPTY
+
+
+@dataclass(frozen=True)
+class SplitSpacing:
+    """The spacing each image of a split is measured with, and in which unit."""
+
+    per_image: list[tuple[float, float]] | None  # (row, column) mm by item index; None: px for all
+    n_spaced: int  # images the dataset gave a spacing for
+    n_images: int
+
+    @property
+    def unit(self) -> str:
+        return "px" if self.per_image is None else "mm"
+
+    def of(self, index: int) -> tuple[float, float]:
+        return (1.0, 1.0) if self.per_image is None else self.per_image[index]
+
+
+def valid_spacing(value: Sequence[float | str] | None) -> tuple[float, float] | None:
+    """(row, column) as two finite positive floats, else None: a zero or negative spacing (seen in
+    the wild as a DICOM "0\\0") would make every distance 0 or undefined, so it counts as none."""
+    if value is None or len(value) != 2:
+        return None
+    try:
+        row, col = float(value[0]), float(value[1])
+    except (TypeError, ValueError):
+        return None
+    return (row, col) if all(math.isfinite(v) and v > 0 for v in (row, col)) else None
+
+
+def split_spacing(spacing_of: Callable[[int], Sequence[float] | None] | None, n_images: int) -> SplitSpacing:
+    """Ask a dataset's optional `pixel_spacing(index)` for every image once, before the pass: mm only
+    when all have one, as the split's means would otherwise pool mm with px."""
+    if spacing_of is None:
+        return SplitSpacing(None, 0, n_images)
+    found = [valid_spacing(spacing_of(i)) for i in range(n_images)]
+    spaced = [s for s in found if s is not None]
+    if n_images and len(spaced) == n_images:
+        return SplitSpacing(spaced, n_images, n_images)
+    return SplitSpacing(None, len(spaced), n_images)
 
 
 def boundary(mask: np.ndarray) -> np.ndarray:

@@ -18,6 +18,9 @@ Two on-disk layouts are read (`layout: auto` picks whichever is present, DICOM f
 Empty masks dominate the release (about 78 %), so `positive_oversample` repeats images with
 pneumothorax in the training split only; validation and test keep the true prevalence, which the
 `val/dice_kaggle` metric (an empty prediction on an empty mask scores 1) depends on.
+
+DICOM cases note their PixelSpacing, scaled to `image_size`, in the cache: every split's Dataset
+offers `pixel_spacing(index)` (seg.data.spacing), None for PNG cases and DICOMs without the tag.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from seg.data.base import ArrayDataset, CachedArrayData, check_split
+from seg.data.base import CachedArrayData, check_split
 from seg.data.io import IMAGE_SUFFIXES, read_dicom_gray, read_gray, read_label
 from seg.data.rle import DECODERS, RLE_FORMS, read_rle_csv
+from seg.data.spacing import SPACING_NOTE, SpacedArrayDataset, dicom_pixel_spacing, served_spacing
 from seg.data.split import SPLITS
 from seg.errors import ConfigError, DatasetError
 
@@ -220,6 +224,9 @@ class SIIMData(CachedArrayData):
             return image, (label > (0 if label.max() <= 1 else 127)).astype(np.uint8)
         image = read_dicom_gray(self._images[case_id])
         height, width = image.shape
+        spacing = dicom_pixel_spacing(self._images[case_id])  # once, at decoding: the cache keeps it
+        if spacing is not None:
+            self._notes[case_id] = {SPACING_NOTE: list(served_spacing(spacing, image.shape, self.image_size))}
         mask = np.zeros((height, width), dtype=np.uint8)
         decode = DECODERS[self.rle]
         for line, rle in self._rles[case_id]:
@@ -245,6 +252,7 @@ class SIIMData(CachedArrayData):
         csv = _label_csv(Path(str(self.root))) if fields["layout"] == "dicom" else None
         if csv is not None:  # which label file and how it is decoded change the masks; edits to the
             fields.update(csv=[csv.name], rle=self.rle)  # file are caught per row (case_sources)
+            fields.update(spacing=1)  # entries from before spacing notes would serve every case in px
         return fields
 
     # ---- splits -------------------------------------------------------------------------------
@@ -263,20 +271,23 @@ class SIIMData(CachedArrayData):
             out[begin : begin + 512] = masks[chunk].reshape(len(chunk), -1).any(axis=1)
         return out
 
-    def dataset(self, split: str) -> ArrayDataset:
-        """The train split repeats positive images `positive_oversample` times on average: every positive
-        appears floor(f) times and a seeded fraction f - floor(f) of them once more."""
+    def dataset(self, split: str) -> SpacedArrayDataset:
+        """One Dataset per split, with pixel_spacing(index) from the cached notes."""
         check_split(split)
-        if split != "train" or self.positive_oversample == 1.0:
-            return super().dataset(split)
         if split not in self._datasets:
-            position = {case: i for i, case in enumerate(self.arrays.ids)}
-            base = np.array([position[c] for c in self.split_ids()[split]], dtype=np.int64)
-            positive = base[self.positives(base)]
-            whole = int(np.floor(self.positive_oversample))
-            extra_n = int(round((self.positive_oversample - whole) * len(positive)))
-            rng = np.random.default_rng(self.split_seed)
-            extra = rng.choice(positive, size=extra_n, replace=False) if extra_n else positive[:0]
-            indices = np.sort(np.concatenate([base, *([positive] * (whole - 1)), extra]))
-            self._datasets[split] = ArrayDataset(self.arrays, indices)
+            self._datasets[split] = SpacedArrayDataset(self.arrays, self._indices(split))
         return self._datasets[split]
+
+    def _indices(self, split: str) -> np.ndarray:
+        """Cached rows of a split. The train split repeats positive images `positive_oversample` times
+        on average: every positive appears floor(f) times and a seeded fraction f - floor(f) once more."""
+        position = {case: i for i, case in enumerate(self.arrays.ids)}
+        base = np.array([position[c] for c in self.split_ids()[split]], dtype=np.int64)
+        if split != "train" or self.positive_oversample == 1.0:
+            return base
+        positive = base[self.positives(base)]
+        whole = int(np.floor(self.positive_oversample))
+        extra_n = int(round((self.positive_oversample - whole) * len(positive)))
+        rng = np.random.default_rng(self.split_seed)
+        extra = rng.choice(positive, size=extra_n, replace=False) if extra_n else positive[:0]
+        return np.sort(np.concatenate([base, *([positive] * (whole - 1)), extra]))

@@ -28,7 +28,7 @@ from seg.inference.postprocess import (
 )
 from seg.inference.tune import TuneData, check_tuning, details, resolve_objective, search
 from seg.metrics import SegMetrics, per_image_prediction_stats, prediction
-from seg.surface import Surface, class_surfaces, summarise
+from seg.surface import Surface, class_surfaces, split_spacing, summarise
 
 log = logging.getLogger("seg")
 
@@ -55,8 +55,12 @@ class Collector:
         self.tune_data = TuneData() if objective is not None else None
         self.surface, self.tolerance = bool(cfg.surface), float(cfg.surface_tolerance)
         # A reader that knows its pixel spacing (mm, of the images as served) exposes pixel_spacing(index).
-        self.spacing = getattr(dataset, "pixel_spacing", None)
-        self.unit = "mm" if callable(self.spacing) else "px"
+        spacing_of = getattr(dataset, "pixel_spacing", None) if self.surface else None
+        self.spacing = split_spacing(spacing_of if callable(spacing_of) else None, len(dataset))
+        self.unit = self.spacing.unit
+        if 0 < self.spacing.n_spaced < self.spacing.n_images:
+            log.warning("surface distances in px for all %d images: only %d have a pixel spacing (mm and px "
+                        "do not average)", self.spacing.n_images, self.spacing.n_spaced)
         # Every class of a multi-class set: which id is background differs (Pets' trimap: 1)
         self.classes = [1] if self.n_classes == 1 else list(range(self.n_classes))
         self.rows: list[dict[str, Any]] = []
@@ -91,7 +95,7 @@ class Collector:
             self.rows.append(row)
 
     def _surfaces(self, pred: np.ndarray, mask: np.ndarray, index: int) -> dict[str, Surface]:
-        spacing = tuple(self.spacing(index)) if callable(self.spacing) else (1.0, 1.0)
+        spacing = self.spacing.of(index)
         valid = mask != IGNORE_INDEX
         truth = (mask != 0).astype(np.int64) if self.n_classes == 1 else mask
         values = class_surfaces(pred, truth, self.classes, valid, spacing, self.tolerance)

@@ -172,6 +172,7 @@ class Luna16Data(SegDataModule):
         return LunaCropDataset(
             store, nodules, shapes, context=self.context, crop_size=self.crop_size,
             window=self.window, epoch_samples=self.epoch_samples,
+            spacing={u: index[u].pixel_spacing() for u in uids},
         )  # fmt: skip
 
     def _val(self) -> LunaSliceDataset:
@@ -189,7 +190,8 @@ class Luna16Data(SegDataModule):
                 f"the {len(self.split_ids()['val'])} validation series have no slice with nodule mask: "
                 "set dataset.full_ct=true, use more series (dataset.max_series) or a smaller val_stride"
             )
-        return LunaSliceDataset(store, samples, self.context)
+        # Every cached series records its geometry, so every slice has a spacing: surface metrics in mm.
+        return LunaSliceDataset(store, samples, self.context, {u: index[u].pixel_spacing() for u in uids})
 
     def dataset(self, split: str) -> Dataset:
         check_split(split)

@@ -35,6 +35,13 @@ class Geometry:
     def matrix(self) -> np.ndarray:
         return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
 
+    @property
+    def pixel_spacing(self) -> tuple[float, float]:
+        """(row mm, column mm) of a slice: rows run along SimpleITK's y index and columns along x
+        (arrays are (index, row, col) = (z, y, x)). Spacing belongs to the index axes, so a flipped or
+        rotated direction matrix does not change it."""
+        return (self.spacing[1], self.spacing[0])
+
     def to_dict(self) -> dict[str, list[float]]:
         return {"origin": list(self.origin), "spacing": list(self.spacing), "direction": list(self.direction)}
 

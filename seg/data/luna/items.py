@@ -4,7 +4,7 @@ crops around nodules, each with the slice's neighbours as channels."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,8 @@ from torch.utils.data import Dataset
 from seg.data.luna.prepare import array_paths
 
 MAX_OPEN = 16
+
+Spacings = Mapping[str, tuple[float, float]]  # series uid -> (row mm, column mm) of its slices
 
 
 class SeriesStore:
@@ -48,11 +50,17 @@ def context_indices(slice_index: int, context: int, depth: int) -> np.ndarray:
 class LunaSliceDataset(Dataset):
     """Whole slices (validation): image [2k+1, H, W] float32 HU, mask [H, W] of the centre slice."""
 
-    def __init__(self, store: SeriesStore, samples: Sequence[tuple[str, int, int]], context: int) -> None:
+    def __init__(self, store: SeriesStore, samples: Sequence[tuple[str, int, int]], context: int,
+                 spacing: Spacings | None = None) -> None:
         self.store = store
         self.samples = list(samples)  # (uid, slice, depth)
         self.context = context
         self.ids = [f"{uid}:{s}" for uid, s, _ in self.samples]
+        self.spacing = dict(spacing or {})
+
+    def pixel_spacing(self, index: int) -> tuple[float, float] | None:
+        """(row mm, column mm) of item `index` (seg.data.spacing): slices are served at native size."""
+        return self.spacing.get(self.samples[index][0])
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -100,10 +108,16 @@ class LunaCropDataset(Dataset):
         crop_size: int,
         window: int,
         epoch_samples: int,
+        spacing: Spacings | None = None,
     ) -> None:
         self.store, self.nodules, self.shapes = store, list(nodules), shapes
         self.context, self.crop, self.window, self.length = context, crop_size, window, epoch_samples
         self.ids = _CropIds(self.nodules, epoch_samples)
+        self.spacing = dict(spacing or {})
+
+    def pixel_spacing(self, index: int) -> tuple[float, float] | None:
+        """(row mm, column mm) of item `index`: a crop keeps its series' native spacing."""
+        return self.spacing.get(self.nodules[index % len(self.nodules)][0])
 
     def __len__(self) -> int:
         return self.length

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from seg.data.cache import cache_key, cache_root
-from seg.data.luna.geometry import world_to_voxel
+from seg.data.luna.geometry import Geometry, world_to_voxel
 from seg.data.luna.volume import find_series, nodule_mask, read_annotations, read_ct
 from seg.data.sources import Stat, path_key, stat_file
 from seg.errors import EXIT_USER_ERROR, ConfigError, DatasetError, OneLineParser, SegError
@@ -79,6 +79,10 @@ class SeriesIndex:
     outside: int  # annotations whose centre fell outside the volume
     geometry: dict[str, list[float]]
     sources: list[list[Any]] | None = None  # [name, size, mtime_ns] of the .mhd and .raw; None: older cache
+
+    def pixel_spacing(self) -> tuple[float, float]:
+        """(row mm, column mm) of the series' slices, from the geometry every cached series records."""
+        return Geometry(**{k: tuple(v) for k, v in self.geometry.items()}).pixel_spacing  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
