@@ -111,6 +111,9 @@ def check_targets(node: Any, where: str, extra: Iterable[str] | None = ()) -> No
 
 
 PLAIN_LEAVES = (str, int, float, bool, type(None))
+NODES = ("trainer", "dataset", "model", "loss", "augmentation", "optimizer", "scheduler")
+FLAGS = ("_recursive_", "_partial_")  # Hydra's instantiate flags: booleans only
+MAX_DEPTH = 32  # OmegaConf.create recurses: a crafted 150-level nesting would end in a RecursionError
 
 
 def safe_stored_config(ckpt: Mapping[str, Any], path: str | Path, allowed_targets: Iterable[str] | None = ()
@@ -123,12 +126,21 @@ def safe_stored_config(ckpt: Mapping[str, Any], path: str | Path, allowed_target
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} carries no training config; was it written by seg-train?")
     config = {k: v for k, v in config.items() if k != CONFIG_KEY}
+    for node in NODES:  # each a mapping (or absent): a crafted string or list would crash later
+        if node in config and not (isinstance(config[node], dict) or (node == "scheduler" and config[node] is None)):
+            raise CheckpointError(f"{path}: its stored config key {node} holds a {type(config[node]).__name__}, "
+                                  "expected a mapping of settings; the checkpoint is damaged or was not written by seg")
     names = allowed(allowed_targets)
     for key_path, key, value in walk(config, ""):
         where = f"{path}: its stored config key {key_path}"
         if not isinstance(key, PLAIN_LEAVES) or key is None:
             raise CheckpointError(f"{where} has a key of type {type(key).__name__}; a seg checkpoint holds plain "
                                   "values only")
+        if key_path.count(".") + key_path.count("[") > MAX_DEPTH:
+            raise CheckpointError(f"{path}: its stored config nests deeper than {MAX_DEPTH} levels at {key_path[:80]}; "
+                                  "a seg config is a few levels deep")
+        if key in FLAGS and not isinstance(value, bool):
+            raise CheckpointError(f"{where}={_shown(value)} must be true or false")
         if key == TARGET:
             if not isinstance(value, str) or value not in names:
                 raise CheckpointError(f"{where}={_shown(value)} is not a callable seg builds, and a checkpoint cannot "

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from seg.cli.common import fail, user_errors
 from seg.errors import ConfigError, SegError
-from seg.train.plan import StartFailed, plan_run
+from seg.train.plan import StartFailed, continues_its_run, plan_run
 
 
 @dataclass
@@ -142,7 +142,11 @@ def _settle_run(config: DictConfig, record: StartRecord) -> None:
         # Resolve ${now:...} and `a/../b` once, so the folder checked here is the folder Hydra creates.
         target = Path(os.path.abspath(str(config.hydra.run.dir)))
         new_folders = _missing(target)
-        if not config.get("resume") and not _chosen(config, "hydra.run.dir"):
+        resume = config.get("resume")
+        # A new run, or a loose checkpoint (which continues in this command's own folder), claims the
+        # default folder; resume=auto and a run's own checkpoint name theirs.
+        loose = bool(resume) and resume != "auto" and not continues_its_run(Path(str(resume)).expanduser())
+        if (not resume or loose) and not _chosen(config, "hydra.run.dir"):
             # Claimed before the plan: a run started in the same second may own `target` already.
             claimed = _claim(target)
             new_folders = [*(p for p in new_folders if p != target), claimed]

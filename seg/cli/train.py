@@ -12,7 +12,7 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from seg.cli.common import EXIT_USER_ERROR, command, config_dir, user_message
 from seg.errors import SegError
@@ -32,8 +32,14 @@ def _run(cfg: DictConfig, hc: Any) -> dict[str, Any]:
     from seg.train.resume import resumed_config
 
     plan = None
+    folder = Path(cfg.run_dir) if cfg.run_dir else Path(hc.runtime.output_dir)
+    if hc.mode == RunMode.MULTIRUN and cfg.resume == "auto" and not (folder / "checkpoints" / "last.pt").is_file():
+        # An interrupted sweep resumed: a job that never saved a checkpoint starts now.
+        log.info("%s: job %s has no checkpoint to continue: it starts from the beginning", PROG, hc.job.num)
+        with open_dict(cfg):
+            cfg.resume = None
     try:
-        plan = plan_run(cfg, Path(cfg.run_dir) if cfg.run_dir else Path(hc.runtime.output_dir))
+        plan = plan_run(cfg, folder)
         if plan.resuming:
             cfg = resumed_config(cfg, plan, list(hc.overrides.task), groups=set(hc.runtime.choices))
         return fit(cfg, plan)

@@ -68,7 +68,7 @@ def for_inference(model_cfg: DictConfig) -> DictConfig:
     """Weights (and the input normalisation buffers) come from the checkpoint: never fetch pretrained
     encoder weights again, and freezing means nothing for inference."""
     model_cfg = model_cfg.copy()
-    if model_cfg.get("pretrained"):
+    if model_cfg.get("pretrained") is not None:  # `False` or "" would be looked up as a file
         model_cfg.pretrained = None
     if model_cfg.get("freeze_encoder"):
         model_cfg.freeze_encoder = False

@@ -36,6 +36,8 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     check_split(cfg.split)
     if cfg.n_overlays < 0:
         raise ConfigError(f"n_overlays must be >= 0, got {cfg.n_overlays}")
+    if cfg.batch_size is not None and cfg.batch_size < 1:  # 0 would read as "not set" below
+        raise ConfigError(f"batch_size must be >= 1, or null for the training batch size; got {cfg.batch_size}")
     if cfg.num_workers is not None and cfg.num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0 (0 loads data in the main process) or null, got {cfg.num_workers}")
     out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else output_dir(path, "eval", f"{path.stem}-{cfg.split}")

@@ -34,6 +34,7 @@ from seg.engine import builders
 from seg.errors import CheckpointError, ConfigError, SegError
 from seg.inference.core import load_model, output_dir, predict_probs, stored_config
 from seg.inference.onnx_runner import INPUT, INSTALL_HINT, OUTPUTS, STRIDE, onnx_session, pad_to_stride
+from seg.inference.outputs import OutputFolder
 from seg.inference.postprocess import Settings, apply, load_postprocess, postprocess_path
 from seg.stored import require_complete
 
@@ -233,6 +234,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     if int(cfg.parity_images) < 1:
         raise ConfigError(f"parity_images must be >= 1, got {cfg.parity_images}")
     out = export_path(cfg, path, fmt)
+    outputs = OutputFolder(out.parent, "seg-export")  # a file of the user's under that name stays
+    outputs.claim([out.name, out.name + ".parity.json"])
     ckpt = load_checkpoint(path)
     digest = sha256(path)
     train_cfg = stored_config(ckpt, cfg.dataset, path, cfg.allowed_targets, nodes=("model",))
@@ -260,6 +263,9 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         temporary[1].write_text(json.dumps(report, indent=1))
         os.replace(temporary[0], out)
         os.replace(temporary[1], out.with_name(out.name + ".parity.json"))
+        outputs.wrote(out)
+        outputs.wrote(out.with_name(out.name + ".parity.json"))
+        outputs.save_record()
     finally:
         for file in temporary:
             file.unlink(missing_ok=True)

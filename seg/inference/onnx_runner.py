@@ -19,12 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from seg.data.base import resize_image
 from seg.errors import CheckpointError, ConfigError
 from seg.inference.core import SIZE_MULTIPLE
-from seg.inference.postprocess import Settings
+from seg.inference.postprocess import Settings, to_mask
 
 STRIDE = SIZE_MULTIPLE
 INPUT, OUTPUTS = "image", ("probabilities", "mask")
@@ -115,7 +114,9 @@ class OnnxPredictor:
         """One mask per image (HxW uint8 at the image's own size); `tta` None: the runner's own."""
         resized = [resize_image(im, self.size) if self.size else im for im in images]
         probs = torch.from_numpy(self.probabilities(np.stack(resized), self.tta if tta is None else tta))
-        return [_to_mask(p, im.shape[:2], threshold) for p, im in zip(probs, images)]
+        # The tuned settings the graph was exported with apply as seg-predict applies them to a checkpoint
+        # (their threshold, the image-level rule and the component steps the graph could not hold).
+        return [to_mask(p, im.shape[:2], threshold, self.postprocess) for p, im in zip(probs, images)]
 
     def settings_row(self) -> dict[str, str]:
         """predictions.csv's record of how the masks were made, as Predictor.settings_row."""
@@ -126,16 +127,10 @@ class OnnxPredictor:
                 "input_size": f"{self.size[0]}x{self.size[1]}" if self.size else "native", "postprocess": name}
 
 
-def _to_mask(probs: torch.Tensor, size: tuple[int, int], threshold: float) -> np.ndarray:
-    """As predict.to_mask: probabilities resized (bilinear, by torch) to `size`, then thresholded or argmax."""
-    if tuple(probs.shape[-2:]) != tuple(size):
-        probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
-    labels = (probs[0] > threshold) if probs.shape[0] == 1 else probs.argmax(0)
-    return labels.to(torch.uint8).numpy()
-
-
-def load_onnx_predictor(path: str | Path, device: str = "cpu", tta: bool = False) -> OnnxPredictor:
-    """The runner for an .onnx file written by seg-export (device: cpu, cuda or auto)."""
+def load_onnx_predictor(path: str | Path, device: str = "cpu", tta: bool = False,
+                        postprocess: bool = True) -> OnnxPredictor:
+    """The runner for an .onnx file written by seg-export (device: cpu, cuda or auto); `postprocess`:
+    apply the tuned settings it was exported with (seg-predict's postprocess=)."""
     path = Path(path).expanduser()
     session = onnx_session(path, device)
     meta = read_metadata(session.get_modelmeta().custom_metadata_map, path)
@@ -148,4 +143,5 @@ def load_onnx_predictor(path: str | Path, device: str = "cpu", tta: bool = False
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: damaged seg.postprocess metadata ({exc})") from None
     return OnnxPredictor(session, channels, n_classes, (int(size[0]), int(size[1])) if size else None,
-                         None if threshold is None else float(threshold), tuned, tta, meta=meta)
+                         None if threshold is None else float(threshold), tuned, tta,
+                         postprocess=tuned if postprocess else None, meta=meta)

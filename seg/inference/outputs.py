@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -41,16 +42,35 @@ class OutputFolder:
         except (OSError, ValueError):
             return {}  # no record (or a damaged one): nothing in the folder counts as seg's
         files = record.get("files") if isinstance(record, dict) else None
-        return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
+        if not isinstance(files, dict):
+            return {}
+        # The record may be crafted: only plain relative paths inside the folder count.
+        return {str(k): str(v) for k, v in files.items() if isinstance(k, str) and self._inside(k)}
+
+    def _inside(self, relative: str) -> bool:
+        parts = Path(relative).parts
+        return bool(parts) and not Path(relative).is_absolute() and ".." not in parts and "\\" not in relative
+
+    def _through_link(self, relative: str) -> bool:
+        """Whether `relative`, or a folder on the way to it, is a link (which may point anywhere)."""
+        path = self.folder
+        for part in Path(relative).parts:
+            path = path / part
+            if path.is_symlink():
+                return True
+        return False
 
     def ours(self, relative: str) -> bool:
-        """Whether `relative` is a file seg wrote and nobody changed since."""
+        """Whether `relative` is a file seg wrote and nobody changed since (never through a link)."""
         path = self.folder / relative
-        return relative in self.previous and path.is_file() and file_sha256(path) == self.previous[relative]
+        return (relative in self.previous and self._inside(relative) and not self._through_link(relative)
+                and path.is_file() and file_sha256(path) == self.previous[relative])
 
     def claim(self, relatives: Iterable[str]) -> None:
-        """Refuse, before anything is written, to replace a file of the user's."""
-        theirs = [r for r in relatives if (self.folder / r).exists() and not self.ours(r)]
+        """Refuse, before anything is written, to replace a file of the user's (a link, even a dangling
+        one, is the user's: writing through it would write wherever it points)."""
+        theirs = [r for r in relatives
+                  if self._through_link(r) or (os.path.lexists(self.folder / r) and not self.ours(r))]
         if theirs:
             shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
             raise ConfigError(
@@ -73,6 +93,9 @@ class OutputFolder:
         """Earlier entries that still hold seg's bytes stay (a later eval of another split may write
         other overlays), new ones are added; written to a temporary file and renamed into place."""
         files = {r: h for r, h in self.previous.items() if self.ours(r)} | self.written
-        tmp = self.folder / f"{RECORD}.tmp"
-        tmp.write_text(json.dumps({"written_by": self.command, "files": dict(sorted(files.items()))}, indent=1))
+        if (self.folder / RECORD).is_symlink():
+            raise ConfigError(f"{self.folder / RECORD} is a link; {self.command} keeps its record only in a plain file")
+        fd, tmp = tempfile.mkstemp(prefix=f"{RECORD}.", suffix=".tmp", dir=self.folder)  # a fresh name, never a link
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"written_by": self.command, "files": dict(sorted(files.items()))}, indent=1))
         os.replace(tmp, self.folder / RECORD)

@@ -76,12 +76,24 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(unknown)}")
         values = dict(values)
-        if values.get("pixels_at") is not None:
-            values["pixels_at"] = tuple(int(v) for v in values["pixels_at"])
-        settings = cls(**values)
-        if not 0.0 < settings.threshold < 1.0 or settings.min_size < 0 or settings.empty_min_pixels < 0:
-            raise ValueError(f"settings out of range: {values}")
-        return settings
+        # A file may be damaged or crafted: every value is checked for its type and range here, once.
+        probability = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v < 1.0  # noqa: E731
+        count = lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**40  # noqa: E731
+        at = values.get("pixels_at")
+        checks = {"threshold": probability(values.get("threshold", 0.5)),
+                  "min_size": count(values.get("min_size", 0)),
+                  "keep_largest": isinstance(values.get("keep_largest", False), bool),
+                  "empty_threshold": values.get("empty_threshold") is None or probability(values["empty_threshold"]),
+                  "empty_min_pixels": count(values.get("empty_min_pixels", 0)),
+                  "pixels_at": at is None or (isinstance(at, (list, tuple)) and len(at) == 2
+                                              and all(count(v) and v > 0 for v in at))}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            shown = ", ".join(f"{k}={values.get(k)!r}" for k in bad)
+            raise ValueError(f"settings out of range or of the wrong type: {shown}")
+        if at is not None:
+            values["pixels_at"] = (int(at[0]), int(at[1]))
+        return cls(**values)
 
 
 def postprocess_path(ckpt: Path) -> Path:

@@ -114,7 +114,7 @@ def _load(cfg: DictConfig, path: Path) -> Predictor | OnnxPredictor:
         raise ConfigError("inference.mode=slide runs seg's PyTorch model: give the checkpoint, not the .onnx file")
     from seg.inference.onnx_runner import load_onnx_predictor  # onnxruntime: the seg[onnx] extra
 
-    return load_onnx_predictor(path, device=str(cfg.device), tta=bool(cfg.tta))
+    return load_onnx_predictor(path, device=str(cfg.device), tta=bool(cfg.tta), postprocess=bool(cfg.postprocess))
 
 
 def mask_paths(files: list[Path], root: Path) -> list[Path]:

@@ -72,7 +72,8 @@ class Collector:
     def __call__(self, batch: dict[str, Any], logits: torch.Tensor, mask: torch.Tensor) -> None:
         probs = probabilities(logits)
         if self.settings is not None:  # the masks the model ships with: scored as such
-            masks = [apply(p, self.settings) for p in probs.cpu()]
+            # Pixel counts were tuned at one size: scaled to this batch's (as seg-predict does).
+            masks = [apply(p, self.settings.scaled(tuple(p.shape[-2:]))) for p in probs.cpu()]
             pred = torch.from_numpy(np.stack(masks)).to(mask.device).long()
             self.metrics.update_prediction(pred, mask)
         else:

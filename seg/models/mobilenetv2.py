@@ -149,9 +149,11 @@ def read_state_dict(path: str | Path) -> Mapping[str, torch.Tensor]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle/zip errors vary by cause; all mean "not a readable weights file"
+        # One line and never torch's advice to load unsafely: the cause's type is enough to act on.
         raise CheckpointError(
-            f"cannot read pretrained weights {file}: {err}; expected a torch.save'd state_dict"
-        ) from err
+            f"cannot read pretrained weights {file} ({type(err).__name__}); expected a torch.save'd state_dict "
+            "of a MobileNetV2, such as torchvision's mobilenet_v2-b0353104.pth"
+        ) from None
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

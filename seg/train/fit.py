@@ -139,6 +139,9 @@ def validate(run: Run, tb: TensorBoardLogger, epoch: int) -> None:
     values = evaluate(run.step_model, run.val_loader, run.loss_fn, run.val_metrics, run.step)
     state.metrics = {f"val/{k}": float(v) for k, v in values.items()}
     tb.scalars(state.metrics, epoch)
+    if not math.isfinite(state.metrics.get("val/loss", 0.0)):  # finite weights can still output inf/NaN
+        raise TrainingDiverged(f"training diverged: the validation loss of epoch {epoch} is "
+                               f"{state.metrics['val/loss']}, the model outputs non-finite values", epoch=epoch)
     for split, preview in run.previews.items():
         panels = preview.render(run.model, run.step)
         if panels is not None:

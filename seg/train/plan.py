@@ -72,12 +72,29 @@ def plan_run(cfg: DictConfig, run_dir: Path) -> RunPlan:
         )
     if resume != "auto" and continues_its_run(path):
         run_dir = path.resolve().parent.parent
+        _refuse_rewinding(path, run_dir)
+    elif path.resolve().parent != (run_dir / "checkpoints").resolve():
+        refuse_earlier_checkpoints(run_dir)  # a loose copy never trains over another run's checkpoints
     return RunPlan(run_dir, resume_from=path)
 
 
 def continues_its_run(checkpoint: Path) -> bool:
-    """Only a real checkpoint inside a run's checkpoints/ folder moves the run there."""
-    return checkpoint.parent.name == "checkpoints" and zipfile.is_zipfile(checkpoint)
+    """Only a real checkpoint inside a seg run's checkpoints/ folder (the run wrote split.json beside
+    it) moves the run there: a user's own folder that happens to be named `checkpoints` is not a run."""
+    return (checkpoint.parent.name == "checkpoints" and zipfile.is_zipfile(checkpoint)
+            and (checkpoint.parent.parent / "split.json").is_file())
+
+
+def _refuse_rewinding(path: Path, run_dir: Path) -> None:
+    """Resuming best.pt (or any checkpoint but last.pt) inside its run would overwrite that run's later
+    last.pt with a rewound one."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if path.name != "last.pt" and last.is_file() and not last.samefile(path):
+        raise ConfigError(
+            f"resume={path} would continue that run from {path.name} and overwrite its later {last.name}; it is "
+            f"kept. Continue the run with resume={last}, or copy {path.name} out of checkpoints/ to start a "
+            "branch in a new folder."
+        )
 
 
 def refuse_earlier_checkpoints(run_dir: Path) -> None:

@@ -101,6 +101,11 @@ def resumed_config(
     if isinstance(dataset, DictConfig) and "cache_dir" in dataset and "cache_dir" in composed.get("dataset", {}):
         merged.dataset.cache_dir = composed["dataset"]["cache_dir"]
     require_complete(OmegaConf.to_container(merged), path)  # type: ignore[arg-type]
+    # The encoder's weights come from the checkpoint: a stored `pretrained` (a path, or `imagenet`) is not
+    # opened or downloaded again. The freezing it went with stays.
+    model = merged.get("model")
+    if isinstance(model, DictConfig) and model.get("pretrained") is not None:
+        model.pretrained = None
     chosen = [o for o, k in zip(overrides, keys) if k in groups]
     if chosen:
         # What a choice selects is its nodes' `_target_`s (a recipe selects them all): those must match

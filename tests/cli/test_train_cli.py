@@ -178,3 +178,18 @@ def test_a_new_sweep_never_rewrites_an_earlier_sweeps_records(tmp_path: Path) ->
         (extra,) = hydra_dir.glob("resume-*")
         assert yaml.safe_load((extra / "config.yaml").read_text())["trainer"]["epochs"] == 2
         assert "epoch 2/2" in (tmp_path / "S" / job / "train.log").read_text()
+
+
+def test_an_interrupted_sweep_finishes_with_resume_auto(tmp_path: Path) -> None:
+    """A job that never saved a checkpoint (the sweep was stopped before it) starts when the sweep resumes."""
+    sweep = ["--multirun", *TINY, "trainer.epochs=1", "model.wf=2,3", "hydra.sweep.dir=S"]
+    first = run("seg-train", *sweep, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    import shutil
+
+    shutil.rmtree(tmp_path / "S" / "1" / "checkpoints")  # as if stopped before job 1 saved anything
+    resumed = run("seg-train", *sweep, "resume=auto", "trainer.epochs=2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for job in ("0", "1"):
+        assert (tmp_path / "S" / job / "checkpoints" / "last.pt").is_file()
+        assert "epoch 2/2" in (tmp_path / "S" / job / "train.log").read_text()

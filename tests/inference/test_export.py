@@ -179,16 +179,20 @@ def masks_of(predictor: Any, x: list[np.ndarray], threshold: float, tta: bool) -
 
 def test_the_onnx_runner_gives_the_masks_of_segs_predictor(best: Path, exported: dict[str, Any]) -> None:
     x = [images(s, seed=i) for i, s in enumerate([(32, 32, 3), (45, 70, 3), (20, 33, 3)])]
+    tuned_ckpt = exported["ckpt"]  # the checkpoint the ONNX file was exported from, with its tuned file
     for tta in (False, True):
-        cfg = OmegaConf.merge(OmegaConf.structured(PredictConfig), {"device": "cpu", "tta": tta})
-        predictor = load_predictor(cfg, load_checkpoint(best), best)
-        runner = load_onnx_predictor(exported["onnx"], tta=tta)
-        assert (runner.channels, runner.n_classes, runner.size) == (3, 1, (32, 32))
-        for threshold in (0.5, 0.3):
-            for ours, theirs in zip(runner(x, threshold), masks_of(predictor, x, threshold, tta)):
-                assert ours.dtype == np.uint8 and ours.shape == theirs.shape
-                np.testing.assert_array_equal(ours, theirs)
-    assert runner.settings_row() == {"tta": "true", "sliding": "false", "input_size": "32x32", "postprocess": "none"}
+        for postprocess in (False, True):
+            cfg = OmegaConf.merge(OmegaConf.structured(PredictConfig),
+                                  {"device": "cpu", "tta": tta, "postprocess": postprocess})
+            predictor = load_predictor(cfg, load_checkpoint(tuned_ckpt), tuned_ckpt)
+            runner = load_onnx_predictor(exported["onnx"], tta=tta, postprocess=postprocess)
+            assert (runner.channels, runner.n_classes, runner.size) == (3, 1, (32, 32))
+            for threshold in (0.5, 0.3):  # with post-processing on, the tuned threshold wins in both
+                for ours, theirs in zip(runner(x, threshold), masks_of(predictor, x, threshold, tta)):
+                    assert ours.dtype == np.uint8 and ours.shape == theirs.shape
+                    np.testing.assert_array_equal(ours, theirs)
+    assert runner.settings_row() == {"tta": "true", "sliding": "false", "input_size": "32x32",
+                                     "postprocess": exported["tuned"].name}
 
 
 def test_the_runner_refuses_files_it_cannot_use(exported: dict[str, Any], tmp_path: Path) -> None:
@@ -247,8 +251,12 @@ def test_grey_multiclass_without_its_data_and_a_failed_check(tmp_path: Path, mon
     monkeypatch.setattr(export, "MIN_AGREEMENT", 1.01)  # no model passes: the failure path
     with pytest.raises(SegError, match=r"differs from the checkpoint.s .*again\.pt was not written"):
         export.run_export(export_cfg(tmp_path / "grey.pt", out=str(tmp_path / "again.pt"), format="torchscript"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "export-grey.torchscript.pt", "export-grey.torchscript.pt.parity.json", "grey.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # the record says which files seg-export wrote
+        ".seg-written.json", "export-grey.torchscript.pt", "export-grey.torchscript.pt.parity.json", "grey.pt"]
+    (tmp_path / "mine.pt").write_text("my own model")  # a file of the user's under the out name stays
+    with pytest.raises(ConfigError, match="mine.pt, which seg-export did not write"):
+        export.run_export(export_cfg(tmp_path / "grey.pt", out=str(tmp_path / "mine.pt"), format="torchscript"))
+    assert (tmp_path / "mine.pt").read_text() == "my own model"
 
 
 def test_seg_export_on_the_command_line(best: Path, tmp_path: Path) -> None:

@@ -92,3 +92,29 @@ def test_seg_predict_keeps_the_users_masks(best: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="masks/a.png, which seg-predict did not write"):
         run_predict(cfg)
     assert (tmp_path / "out" / "masks" / "a.png").read_bytes() == b"drawn by hand"
+
+
+def test_a_crafted_record_or_a_link_never_reaches_outside(best: Path, tmp_path: Path) -> None:
+    import json
+    import os
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "results"
+    (out / "overlays").mkdir(parents=True)
+    crafted = {"files": {"overlays/../../victim.txt": hashlib.sha256(b"keep me").hexdigest(),
+                         str(victim): hashlib.sha256(b"keep me").hexdigest()}}
+    (out / RECORD).write_text(json.dumps(crafted))
+    evaluate(best, out, overlays="none")
+    assert victim.read_text() == "keep me"  # paths outside the folder are never seg's
+
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    os.symlink(victim, linked / "metrics.json")  # a link in the way is the user's, even to seg's own name
+    with pytest.raises(ConfigError, match="metrics.json, which seg-eval did not write"):
+        evaluate(best, linked)
+    os.symlink(tmp_path / "elsewhere", linked / "overlays")  # a linked folder on the way, even dangling
+    (linked / "metrics.json").unlink()
+    with pytest.raises(ConfigError, match="overlays/"):
+        evaluate(best, linked, n_overlays=1)
+    assert victim.read_text() == "keep me" and not (tmp_path / "elsewhere").exists()

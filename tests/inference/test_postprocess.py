@@ -107,3 +107,14 @@ def test_a_file_seg_did_not_write_is_refused(tmp_path: Path) -> None:
     postprocess_path(ckpt).write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match="unusable settings"):
         load_postprocess(ckpt, SHA)
+
+
+@pytest.mark.parametrize("bad", [{"pixels_at": [0, 0], "min_size": 5}, {"pixels_at": [7]},
+                                 {"empty_threshold": "x"}, {"min_size": 1e308}, {"keep_largest": "yes"},
+                                 {"threshold": True}])
+def test_a_damaged_or_crafted_record_is_one_line(tmp_path: Path, bad: dict) -> None:
+    ckpt = tmp_path / "best.pt"
+    record = {"format": FORMAT, "checkpoint_sha256": SHA, "settings": {"threshold": 0.4, **bad}}
+    postprocess_path(ckpt).write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="holds unusable settings"):
+        load_postprocess(ckpt, SHA)

@@ -69,3 +69,24 @@ def test_seg_eval_says_when_the_split_differs_from_the_trainings(best: Path, tmp
     evaluate(best, tmp_path / "other", dataset={"split_seed": 7})
     (line,) = [r.getMessage() for r in caplog.records if "split differs" in r.getMessage()]
     assert "seg-eval: the train/val/test split differs from the one it was trained on" in line
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda c: c.update(trainer="abc"), "key trainer holds a str, expected a mapping"),
+    (lambda c: c.update(model=[1]), "key model holds a list"),
+    (lambda c: c["model"].update(_recursive_="no"), "_recursive_=no must be true or false"),
+])  # fmt: skip
+def test_a_stored_config_of_the_wrong_shape(best: Path, tmp_path: Path, change, expected) -> None:
+    with pytest.raises(CheckpointError, match=expected):
+        evaluate(altered(best, tmp_path, change), tmp_path / "out")
+
+
+def test_a_deeply_nested_stored_config(best: Path, tmp_path: Path) -> None:
+    def nest(config: dict) -> None:
+        node = config["model"]
+        for _ in range(200):
+            node["x"] = {}
+            node = node["x"]
+
+    with pytest.raises(CheckpointError, match="nests deeper than 32 levels"):
+        evaluate(altered(best, tmp_path, nest), tmp_path / "out")

@@ -194,3 +194,12 @@ def test_seg_train_reports_divergence_in_one_line_and_exit_2(tmp_path: Path) -> 
         ckpt = load_checkpoint(path)
         assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
         assert ckpt["best_score"] is None or math.isfinite(ckpt["best_score"])
+
+
+def test_finite_weights_with_non_finite_outputs_stop_before_saving(tmp_path: Path) -> None:
+    """One step per epoch: the loss of that step is finite, the update makes the model output inf/NaN;
+    the validation sees it first, and nothing is saved."""
+    cfg = compose_cfg(["optimizer.lr=1e30", "trainer.batch_size=16", "trainer.precision=32"], tmp_path)
+    with pytest.raises(TrainingDiverged, match="validation loss of epoch 1"):
+        fit(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints" / "best.pt").exists() and not (tmp_path / "result.json").exists()

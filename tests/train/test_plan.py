@@ -47,6 +47,7 @@ def by_job(overrides: list[str], job_dir: Path) -> RunPlan:
 def test_the_callback_and_a_job_agree(tmp_path: Path) -> None:
     run, other = tmp_path / "run", tmp_path / "other"
     last = fake_checkpoint(run / "checkpoints" / "last.pt")
+    (run / "split.json").write_text("{}")  # what makes a folder a seg run
     loose = fake_checkpoint(tmp_path / "backup" / "old.pt")
     cases = {  # overrides -> (the folder given, the folder trained in, the checkpoint continued)
         "new": ([f"hydra.run.dir={other}"], other, other, None),
@@ -88,3 +89,17 @@ def test_the_checkpoint_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert plan.checkpoint() is plan.checkpoint() and len(calls) == 1
     with pytest.raises(ValueError):
         RunPlan(tmp_path).checkpoint()
+
+
+def test_a_resume_never_overwrites_another_runs_or_a_later_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    fake_checkpoint(run / "checkpoints" / "last.pt")
+    best = fake_checkpoint(run / "checkpoints" / "best.pt")
+    (run / "split.json").write_text("{}")
+    with pytest.raises(ConfigError, match="would continue that run from best.pt and overwrite its later last.pt"):
+        by_job([f"resume={best}"], tmp_path / "other")
+    loose = fake_checkpoint(tmp_path / "backup" / "old.pt")
+    with pytest.raises(ConfigError, match="already holds checkpoints"):  # a loose copy into another run
+        by_job([f"resume={loose}"], run)
+    mine = fake_checkpoint(tmp_path / "mine" / "checkpoints" / "unet_v3.pt")  # no split.json: not a run
+    assert by_job([f"resume={mine}"], tmp_path / "new").run_dir == tmp_path / "new"
