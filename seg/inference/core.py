@@ -31,6 +31,7 @@ from seg.engine.loop import StepSettings
 from seg.errors import CheckpointError, ConfigError
 from seg.stored import require_complete
 
+MAX_WINDOW = 16384
 SIZE_MULTIPLE = 32  # the deepest stride of the models: inputs are padded up to it
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # TTA: none, H, V, both
 
@@ -173,8 +174,11 @@ def _window(value: Any) -> tuple[int, int] | None:
         return None
     values = [value] if isinstance(value, int) else list(value) if isinstance(value, Sequence) else []
     values = values * 2 if len(values) == 1 else values
-    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-        raise ConfigError(f"inference.window={value!r} must be a positive int or [height, width] (or null)")
+    # The largest side bounds a batch of windows in memory (16384^2 x 8 windows of fp32 is already 8 GiB).
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_WINDOW
+                                   for v in values):
+        raise ConfigError(f"inference.window={value!r} must be a positive int up to {MAX_WINDOW} or "
+                          "[height, width] (or null)")
     return values[0], values[1]
 
 
