@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -77,7 +78,29 @@ class RunDirGuard(Callback):
         self.record = StartRecord()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A job's result.json written after this belongs to this sweep: an earlier sweep's failures in
+        # the same folder (since resumed, or not) are on the leaderboard but not this command's failure.
+        self.sweep_started = time.time()
         self._guarded(_settle_sweep, config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Hydra calls this after the last job (not after a job's bug or a signal, which end the command
+        before): the sweep's answer, its leaderboard, is written into the sweep folder and printed; the
+        jobs of this sweep that failed on a user error are listed and the command exits with 2."""
+        from seg.summary import leaderboard  # a plain run never needs it
+
+        sweep = Path(str(config.hydra.sweep.dir))
+        with user_errors("seg-train"):
+            rows, shown = leaderboard(sweep)
+        if rows:
+            print(f"seg-train: {len(rows)} job(s) in {sweep}, best first (summary.csv, summary.md):\n{shown}",
+                  end="", flush=True)
+        since = getattr(self, "sweep_started", 0.0)
+        failed = [r for r in rows if r["status"] == "failed" and r["written"] >= since]
+        if failed:
+            fail("seg-train", f"{len(failed)} sweep job(s) failed:\n  " + "\n  ".join(
+                f"job {r['job'] if r['job'] is not None else r['run_dir']} ({r['overrides']}): {r['reason']}"
+                for r in failed))
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.record.begin([], set())

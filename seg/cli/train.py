@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +14,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from seg.cli.common import EXIT_USER_ERROR, command, config_dir, user_message
+from seg.cli.common import command, config_dir, user_message
 from seg.errors import SegError
 
 log = logging.getLogger("seg")
 
 PROG = "seg-train"
-_sweep_failures: list[str] = []
 
 
 def _run(cfg: DictConfig, hc: Any) -> dict[str, Any]:
@@ -32,7 +31,7 @@ def _run(cfg: DictConfig, hc: Any) -> dict[str, Any]:
     from seg.train.resume import resumed_config
 
     plan = None
-    folder = Path(cfg.run_dir) if cfg.run_dir else Path(hc.runtime.output_dir)
+    folder = _job_folder(cfg, hc)
     if hc.mode == RunMode.MULTIRUN and cfg.resume == "auto" and not (folder / "checkpoints" / "last.pt").is_file():
         # An interrupted sweep resumed: a job that never saved a checkpoint starts now.
         log.info("%s: job %s has no checkpoint to continue: it starts from the beginning", PROG, hc.job.num)
@@ -56,11 +55,13 @@ def _train(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
         # One bad combination of a sweep is reported, and the other jobs still run.
+        began = time.monotonic()
         try:
             result = _run(cfg, hc)
         except SegError as exc:
-            _sweep_failures.append(f"job {hc.job.num} ({' '.join(hc.overrides.task)}): {exc}")
             log.error("%s: job %s failed: %s", PROG, hc.job.num, exc)
+            # The sweep's leaderboard lists it from this record, and its end reports it (RunDirGuard).
+            _record_failure(cfg, hc, str(exc), time.monotonic() - began)
             return math.nan
     else:
         result = _run(cfg, hc)  # a SegError reaches the guard's on_run_end, then main()
@@ -69,14 +70,37 @@ def _train(cfg: DictConfig) -> float:
     return float(result["best_score"])  # the value a sweeper optimises
 
 
+def _job_folder(cfg: DictConfig, hc: Any) -> Path:
+    return Path(cfg.run_dir) if cfg.run_dir else Path(hc.runtime.output_dir)
+
+
+def _record_failure(cfg: DictConfig, hc: Any, reason: str, wall_s: float) -> None:
+    """A failed job's result.json (fit writes none for it): status, the one-line reason, and what the
+    leaderboard shows of every job. Without it the sweep would end as if the job had never run."""
+    from seg.summary import write_result
+
+    try:  # the config may be what is wrong: a record without the monitor is still a record
+        t = cfg.trainer
+        monitor, mode = str(t.monitor), str(getattr(t.monitor_mode, "value", t.monitor_mode))
+    except Exception:
+        monitor = mode = None
+    record = {"status": "failed", "reason": " ".join(reason.split()), "overrides": list(hc.overrides.task),
+              "job": hc.job.num, "monitor": monitor, "monitor_mode": mode, "wall_s": round(wall_s, 3)}
+    folder = _job_folder(cfg, hc)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        record["run_dir"] = str(folder.resolve())
+        write_result(folder, record)
+    except OSError as exc:  # unrecorded, the failure would go unreported: stop the sweep, saying both
+        raise SegError(f"job {hc.job.num} failed ({reason}), and its result.json could not be written "
+                       f"({exc.strerror or exc}: {exc.filename or folder})") from None
+
+
 def main() -> None:
-    _sweep_failures.clear()  # one process may run seg-train more than once (tests, notebooks)
-    with command(PROG):  # a signal before training or a second one during it; the task's SegError
+    # A signal before training or a second one during it; the task's SegError. A sweep's failed jobs are
+    # reported, exit 2, by the run-folder guard's on_multirun_end, from the sweep's leaderboard.
+    with command(PROG):
         _train()
-    if _sweep_failures:
-        print(f"{PROG}: error: {len(_sweep_failures)} sweep job(s) failed:\n  " + "\n  ".join(_sweep_failures),
-              file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ def fit(cfg: DictConfig, plan: RunPlan | Path) -> dict[str, Any]:
     """Train the run `plan` describes (a bare folder is planned here: tests and scripts). Once the
     run is built (and restored) `plan.started` is set: from then on a failure is no longer a failed
     start, after which seg-train removes what the invocation created."""
+    began = time.monotonic()
     plan = plan if isinstance(plan, RunPlan) else plan_run(cfg, plan)
     run = start_run(cfg, plan)
     plan.started = True
@@ -43,12 +45,24 @@ def fit(cfg: DictConfig, plan: RunPlan | Path) -> dict[str, Any]:
     finally:
         tb.close()
     result = {"best_score": state.best_score if state.best_score is not None else math.nan,
-              "best_epoch": state.best_epoch or 0, "epoch": state.epoch, "stopped_by": stopped_by, **state.metrics}
+              "best_epoch": state.best_epoch or 0, "epoch": state.epoch, "stopped_by": stopped_by, **state.metrics,
+              # what seg.summary ranks and shows a run by
+              "status": "stopped" if stopped_by else "finished", "overrides": _task_overrides(),
+              "monitor": t.monitor, "monitor_mode": run.mode, "wall_s": round(time.monotonic() - began, 3),
+              "run_dir": str(run.run_dir)}
     (run.run_dir / "result.json").write_text(json.dumps(result, indent=1))
     best = (f"best {t.monitor}={state.best_score:.4f} at epoch {state.best_epoch}" if state.best_score is not None
             else "no validation yet")
     log.info("%s: %s; checkpoints in %s", f"stopped by {stopped_by}" if stopped_by else "done", best, run.ckpt_dir)
     return result
+
+
+def _task_overrides() -> list[str]:
+    """This invocation's command-line overrides (a sweep job's own combination among them); none when
+    fit is called outside Hydra (tests, scripts)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _epochs(run: Run, tb: TensorBoardLogger) -> str | None:

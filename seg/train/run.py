@@ -129,8 +129,10 @@ def start_run(cfg: DictConfig, plan: RunPlan) -> Run:
         train_metrics=SegMetrics(n_classes=data.n_classes, class_names=data.class_names),
         val_metrics=val_metrics,
         # Previews before any restore: random-crop datasets draw from the RNG when their items are taken.
+        # TensorBoard previews at native size without the legend: upscaled and labelled they cost 0.24 s
+        # instead of 0.03 s a set at every validation (15% of the default run); TensorBoard zooms itself.
         previews={name: Preview(ds, data.preview_indices(name, t.preview_images), data.n_classes,
-                                class_names=data.class_names)
+                                class_names=data.class_names, min_side=0, legend=False)
                   for name, ds in (("val", val_ds), ("train", train_ds))},
         provenance=provenance,
     )  # fmt: skip
