@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from seg.checkpoint import sha256
 from seg.engine.loop import EpochStats, evaluate, nonfinite_weights, train_one_epoch
 from seg.engine.state import EpochProgress
 from seg.errors import TrainingDiverged
+from seg.logger.hparams import run_hparams
 from seg.logger.tensorboard import TensorBoardLogger
 from seg.train.plan import RunPlan, plan_run
 from seg.train.run import Run, start_run
@@ -36,8 +37,13 @@ def fit(cfg: DictConfig, plan: RunPlan | Path) -> dict[str, Any]:
     if state.epoch >= t.epochs:
         log.warning("nothing to train: the run is at epoch %d and trainer.epochs=%d; raise trainer.epochs "
                     "(e.g. trainer.epochs=%d) to train longer", state.epoch, t.epochs, state.epoch + 10)
+    tb.text("config", f"```\n{OmegaConf.to_yaml(run.plain_config)}```", state.epoch)  # the resolved config
     try:
         stopped_by = _epochs(run, tb)
+        if state.best_score is not None:  # the HPARAMS tab: settings beside the best metrics
+            best = {f"hparams/best_{t.monitor.replace('/', '_')}": float(state.best_score),
+                    "hparams/best_epoch": float(state.best_epoch or 0)}
+            tb.hparams(run_hparams(run.plain_config, _task_overrides()), best, state.epoch)
     except TrainingDiverged as exc:  # nothing of the diverged epoch is saved, nor result.json written
         message = _diverged(run, exc)
         log.error("%s", message)
