@@ -187,12 +187,10 @@ def _write_arrays(out: Path, job: _Job) -> None:
     notes: dict[str, Any] = {}
     n = len(job.ids)
     for i, (case, result) in enumerate(zip(job.ids, job.decoded(job.ids))):
-        if isinstance(result, SkipCase):
-            notes[case] = {"skipped": [result.reason, result.detail]}
+        decoded = _noted(case, result, notes)
+        if decoded is None:
             continue
-        image, mask, weight, note = result
-        if note:
-            notes[case] = note
+        image, mask, weight = decoded
         if not arrays:  # shapes come from the first decoded case (all are resized alike)
             arrays["images"] = np.lib.format.open_memmap(out / "images.npy", "w+", image.dtype, (n, *image.shape))
             arrays["masks"] = np.lib.format.open_memmap(out / "masks.npy", "w+", np.uint8, (n, *mask.shape))
@@ -209,6 +207,17 @@ def _write_arrays(out: Path, job: _Job) -> None:
         arr.flush()
     job.write_rows(out, notes)
     (out / "ids.json").write_text(json.dumps(job.ids))
+
+
+def _noted(case: str, result: Any, notes: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, Any] | None:
+    """Record a decoded case's note (or why it was skipped) in `notes`; its arrays, None if skipped."""
+    if isinstance(result, SkipCase):
+        notes[case] = {"skipped": [result.reason, result.detail]}
+        return None
+    image, mask, weight, note = result
+    if note:
+        notes[case] = note
+    return image, mask, weight
 
 
 def _write_row(arrays: Mapping[str, np.ndarray], i: int, image: np.ndarray, mask: np.ndarray,
@@ -236,13 +245,9 @@ def _refresh(entry: Path, job: _Job, name: str) -> CachedArrays:
         notes = dict(arrays.notes)
         for case, result in zip(stale, job.decoded(stale)):
             notes.pop(case, None)
-            if isinstance(result, SkipCase):
-                notes[case] = {"skipped": [result.reason, result.detail]}
-                continue
-            image, mask, weight, note = result
-            if note:
-                notes[case] = note
-            _write_row(writable, position[case], image, mask, weight, entry)
+            decoded = _noted(case, result, notes)
+            if decoded is not None:
+                _write_row(writable, position[case], *decoded, entry)
         for arr in writable.values():
             arr.flush()
         job.write_rows(entry, notes)  # last: until here the next run still sees these rows as stale
