@@ -1,4 +1,6 @@
-"""The leaderboard of a folder of runs or sweeps: `summary.csv` and `summary.md`, one row per job.
+"""The leaderboard of a folder of runs or sweeps: `summary.csv` and `summary.md`, one row per job, and
+when the runs vary dataset.fold or seed, `summary_groups.csv` (and a second table in summary.md): per
+configuration, the mean and sample std of every metric over its folds and seeds.
 
 Every run writes `result.json` (seg.train.fit; a sweep job that fails on a user error gets one with
 status "failed" from seg-train), so the answer of a sweep, or of any folder of runs, is rebuilt from
@@ -138,18 +140,91 @@ def markdown(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(folder: Path, rows: list[dict[str, Any]], monitor: str, mode: str) -> str:
-    """Write summary.csv and summary.md into `folder`, ranked; returns the Markdown table."""
-    rows = ranked(rows, mode)
-    header, body = table(rows, monitor, precise=True)
+# Overrides that repeat one configuration (another fold of the data, another seed): grouped over.
+REPEATS = ("dataset.fold=", "seed=")
+GROUPS_TITLE = "Mean \u00b1 sample std (ddof=1) over dataset.fold and seed, per configuration"
+
+
+def configuration(overrides: str) -> str:
+    return " ".join(o for o in overrides.split() if not o.startswith(REPEATS))
+
+
+def groups(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """One entry per configuration when the rows vary dataset.fold or seed (else none): n non-failed
+    jobs and, per metric, (mean, sample std, count) over those that recorded it; best mean first."""
+    repeats = {p: {next((o for o in r["overrides"].split() if o.startswith(p)), "") for r in rows} for p in REPEATS}
+    if all(len(values) < 2 for values in repeats.values()):
+        return []
+    by_config: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_config.setdefault(configuration(row["overrides"]), []).append(row)
+    out = []
+    for config, members in by_config.items():
+        done = [r for r in members if r["status"] != "failed"]
+        values = {"best": [r["best"] for r in done]}
+        for key in sorted({k for r in done for k in r["metrics"]}):
+            values[key] = [r["metrics"][key] for r in done if isinstance(r["metrics"].get(key), (int, float))]
+        stats = {k: _mean_std([float(x) for x in v if math.isfinite(x)]) for k, v in values.items()}
+        out.append({"configuration": config, "n": len(done), "failed": len(members) - len(done), "stats": stats})
+    sign = -1.0 if mode == "max" else 1.0
+    return sorted(out, key=lambda g: (not math.isfinite(g["stats"]["best"][0]),
+                                      sign * g["stats"]["best"][0] if math.isfinite(g["stats"]["best"][0]) else 0.0,
+                                      g["configuration"]))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float, int]:
+    """Mean and sample std (ddof=1; NaN below two values), and how many values."""
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return mean, std, n
+
+
+def group_table(entries: list[dict[str, Any]], monitor: str, precise: bool) -> tuple[list[str], list[list[str]]]:
+    """CSV: a mean and a std column per metric; Markdown: one "mean ± std" cell per metric."""
+    keys = ["best", *sorted({k for g in entries for k in g["stats"] if k != "best"})]
+    names = [f"best {monitor}" if k == "best" else k for k in keys]
+    header = ["configuration", "n", "failed"]
+    header += [f"{n} {part}" for n in names for part in ("mean", "std")] if precise else names
+
+    def num(value: float) -> str:
+        return "" if math.isnan(value) else repr(value) if precise else f"{value:.4f}"
+
+    body = []
+    for g in entries:
+        cells = [g["configuration"], str(g["n"]), str(g["failed"])]
+        for k in keys:
+            mean, std, _ = g["stats"].get(k, (math.nan, math.nan, 0))
+            if precise:
+                cells += [num(mean), num(std)]
+            else:
+                cells.append(num(mean) + (f" \u00b1 {num(std)}" if not math.isnan(std) else ""))
+        body.append(cells)
+    return header, body
+
+
+def _csv(header: list[str], body: list[list[str]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(body)
-    write_atomic(Path(folder) / "summary.csv", out.getvalue())
+    return out.getvalue()
+
+
+def write_summary(folder: Path, rows: list[dict[str, Any]], monitor: str, mode: str) -> str:
+    """Write summary.csv and summary.md into `folder`, ranked, and summary_groups.csv when the rows
+    vary dataset.fold or seed; returns the Markdown table(s)."""
+    folder = Path(folder)
+    rows = ranked(rows, mode)
+    write_atomic(folder / "summary.csv", _csv(*table(rows, monitor, precise=True)))
     shown = markdown(*table(rows, monitor, precise=False))
-    write_atomic(Path(folder) / "summary.md", f"# Runs below {Path(folder).name or folder}, by {monitor} ({mode})\n\n"
-                 + shown)
+    entries = groups(rows, mode)
+    if entries:
+        write_atomic(folder / "summary_groups.csv", _csv(*group_table(entries, monitor, precise=True)))
+        shown += f"\n## {GROUPS_TITLE}\n\n" + markdown(*group_table(entries, monitor, precise=False))
+    else:  # a stale table from runs since moved away must not be read as this folder's answer
+        (folder / "summary_groups.csv").unlink(missing_ok=True)
+    write_atomic(folder / "summary.md", f"# Runs below {folder.name or folder}, by {monitor} ({mode})\n\n" + shown)
     return shown
 
 

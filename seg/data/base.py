@@ -23,7 +23,7 @@ from seg.constants import IGNORE_INDEX
 from seg.data.cache import CachedArrays, build_or_load
 from seg.data.checks import by_reason, report_mask_values, report_skipped
 from seg.data.sources import SourceStats
-from seg.data.split import SPLITS, check_ratios, seeded_split
+from seg.data.split import SPLITS, check_folds, check_ratios, fold_split, seeded_split
 from seg.errors import ConfigError, DatasetError
 
 DEFAULT_RATIOS = {"train": 0.7, "val": 0.1, "test": 0.2}
@@ -167,6 +167,8 @@ class CachedArrayData(SegDataModule):
         image_size: int | Sequence[int] = 256,
         split: Mapping[str, float] | None = None,
         split_seed: int = 42,
+        folds: int | None = None,
+        fold: int | None = 0,
         cache_dir: str | None = None,
         in_channels: int | None = None,
         n_classes: int | None = None,
@@ -180,6 +182,7 @@ class CachedArrayData(SegDataModule):
         self.ratios = dict(split) if split else dict(DEFAULT_RATIOS)
         check_ratios(self.ratios)  # at construction, not after minutes of building the cache
         self.split_seed = int(split_seed)
+        self.folds, self.fold = check_folds(folds, fold)  # K folds of train+val; fold k validates
         self.cache_dir = cache_dir
         self._arrays: CachedArrays | None = None
         self._sources: SourceStats | None = None
@@ -209,6 +212,10 @@ class CachedArrayData(SegDataModule):
         return []
 
     def official_split(self, ids: list[str]) -> dict[str, list[str]] | None:
+        return None
+
+    def fold_strata(self, ids: list[str]) -> dict[str, bool] | None:
+        """Case -> stratum (mask empty or not) that folds keep the share of; None: plain folds."""
         return None
 
     def cache_fields(self) -> dict[str, Any]:
@@ -274,6 +281,9 @@ class CachedArrayData(SegDataModule):
             if not ids:
                 raise DatasetError(f"{self.name}: no usable case under {self.root}: every case was skipped")
             split = self.official_split(ids) or seeded_split(ids, self.ratios, self.split_seed)
+            if self.folds is not None:  # the test split stays; train+val are cut into folds
+                pool = [c for v in split.values() for c in v]
+                split = fold_split(pool, split["test"], self.folds, self.fold, self.split_seed, self.fold_strata(pool))
             self._split = {s: [c for c in v if c not in skipped] for s, v in split.items()}
         return self._split
 

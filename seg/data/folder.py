@@ -23,7 +23,7 @@ from seg.constants import IGNORE_INDEX
 from seg.data.base import CachedArrayData, resize_image, resize_mask
 from seg.data.checks import summarise
 from seg.data.io import IMAGE_SUFFIXES, read_gray, read_label, read_rgb
-from seg.data.split import SPLITS, seeded_split
+from seg.data.split import SPLITS, refuse_folds, seeded_split
 from seg.errors import ConfigError, DatasetError
 
 log = logging.getLogger("seg.data")
@@ -263,6 +263,7 @@ class FolderData(CachedArrayData):
         parts = self.layout()
         if "" in parts:
             return None  # flat layout: the base's seeded split by id
+        refuse_folds(self.folds, f"{self.root} is pre-split into folders (folds need the flat layout)")
         by_split = {s: sorted(i for i in ids if i.startswith(f"{s}/")) for s in SPLITS}
         if "val" not in parts:
             ratios = {"train": 1.0 - self.val_fraction, "val": self.val_fraction}

@@ -68,9 +68,9 @@ class ISBI2012Data(CachedArrayData):
         sigma: float = 5.0,
         **common: Any,
     ) -> None:
-        """`common`: CachedArrayData's other arguments (cache_dir, in_channels, ...); not split or
-        split_seed, as the last val_slices slices validate."""
-        self.refuse(type(self), common, "split", "split_seed")
+        """`common`: CachedArrayData's other arguments (cache_dir, in_channels, ...); not split,
+        split_seed, folds or fold, as the last val_slices slices validate."""
+        self.refuse(type(self), common, "split", "split_seed", "folds", "fold")
         super().__init__(root=root, image_size=image_size, **common)
         self.require("in_channels", self.in_channels, 1)
         self.require("n_classes", self.n_classes, 1)

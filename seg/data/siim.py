@@ -37,7 +37,7 @@ from seg.data.base import CachedArrayData, check_split
 from seg.data.io import IMAGE_SUFFIXES, read_dicom_gray, read_gray, read_label
 from seg.data.rle import DECODERS, RLE_FORMS, read_rle_csv
 from seg.data.spacing import SPACING_NOTE, SpacedArrayDataset, dicom_pixel_spacing, served_spacing
-from seg.data.split import SPLITS
+from seg.data.split import SPLITS, refuse_folds
 from seg.errors import ConfigError, DatasetError
 
 log = logging.getLogger("seg.data")
@@ -259,7 +259,12 @@ class SIIMData(CachedArrayData):
     def official_split(self, ids: list[str]) -> dict[str, list[str]] | None:
         if self._folder_split is None:
             return None
+        refuse_folds(self.folds, f"siim: the PNG layout's split folders under {self.root} are the split")
         return {s: sorted(v) for s, v in self._folder_split.items()}
+
+    def fold_strata(self, ids: list[str]) -> dict[str, bool] | None:
+        # DICOM layout: positive = any RLE row other than -1, known from the CSV without decoding.
+        return {c: any(r.strip() != "-1" for _, r in self._rles[c]) for c in ids} if self._rles else None
 
     def positives(self, indices: Sequence[int]) -> np.ndarray:
         """Which cached cases have any foreground, read in chunks so RAM stays small."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,3 +70,55 @@ def seeded_split(ids: Sequence[str], ratios: Mapping[str, float], seed: int) -> 
 
 def write_split(path: str | Path, split: Mapping[str, Sequence[str]]) -> None:
     Path(path).write_text(json.dumps({k: list(v) for k, v in split.items()}, indent=1))
+
+
+# A separate random stream for the folds, so fold 0's val is not simply the seeded split's val.
+FOLD_STREAM = 1
+
+
+def check_folds(folds: Any, fold: Any) -> tuple[int | None, int]:
+    """`dataset.folds` (K) and `dataset.fold` (k) checked at construction, before any decoding."""
+    if folds is None:
+        if fold not in (None, 0):
+            raise ConfigError(f"dataset.fold={fold!r} needs dataset.folds=K (null keeps the plain seeded split)")
+        return None, 0
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"dataset.folds={folds!r}: expected an integer >= 2 (or null for no folds)")
+    fold = 0 if fold is None else fold
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise ConfigError(f"dataset.fold={fold!r}: expected an integer with 0 <= fold < folds={folds}")
+    return folds, fold
+
+
+def refuse_folds(folds: int | None, why: str) -> None:
+    """One line for a reader (or layout) whose train/val split is fixed rather than seeded."""
+    if folds is not None:
+        raise ConfigError(f"dataset.folds={folds} is not available here: {why}; set dataset.folds=null")
+
+
+def fold_split(
+    ids: Sequence[str],
+    test_ids: Sequence[str],
+    folds: int,
+    fold: int,
+    seed: int,
+    strata: Mapping[str, Hashable] | None = None,
+) -> dict[str, list[str]]:
+    """Fold `fold` of `folds` over the ids not in `test_ids` (the test split is left untouched): those
+    are shuffled with `seed` (per stratum when `strata` maps id -> label, e.g. mask empty or not) and
+    dealt round-robin, so fold sizes differ by at most one overall and per stratum. Depends only on the
+    pool of ids, the seed and K, not on list order."""
+    test = set(test_ids)
+    pool = sorted({i for i in ids if i not in test})
+    if len(pool) < folds:
+        raise ConfigError(f"dataset.folds={folds}: only {len(pool)} train+val case(s), so a fold would be empty")
+    rng = np.random.default_rng([int(seed), FOLD_STREAM])
+    groups: dict[Hashable, list[str]] = {}
+    for case in pool:
+        groups.setdefault(strata.get(case) if strata else None, []).append(case)
+    dealt: list[str] = []
+    for label in sorted(groups, key=repr):  # a fixed order of strata, whatever their labels
+        members = groups[label]
+        dealt.extend(members[i] for i in rng.permutation(len(members)))
+    val = {case for position, case in enumerate(dealt) if position % folds == fold}
+    return {"train": [c for c in pool if c not in val], "val": sorted(val), "test": sorted(test)}
