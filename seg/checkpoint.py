@@ -196,7 +196,8 @@ def _damage(path: Path) -> str | None:
                 except zipfile.BadZipFile as exc:
                     kind = "CRC mismatch" if "CRC" in str(exc) else f"bad entry: {exc}"
                     return f"{kind} in member {info.filename}"
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError):
+    # RuntimeError also covers NotImplementedError: a member in a compression zipfile cannot read
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):
         return None
     return None
 
