@@ -140,6 +140,7 @@ def _settle_sweep(config: DictConfig) -> None:
     on the command line is used as named, but a new sweep there must not rewrite an earlier sweep's
     job records; a resumed sweep (resume=auto) records each job's invocation beside the original."""
     with read_write(config.hydra), open_dict(config.hydra):
+        _name_jobs_by_swept_keys(config)
         if not _chosen(config, "hydra.sweep.dir"):
             claimed = _claim(Path(str(config.hydra.sweep.dir)))
             config.hydra.sweep.dir = str(claimed)
@@ -158,6 +159,23 @@ def _settle_sweep(config: DictConfig) -> None:
                 f"hydra.sweep.dir={sweep} already holds checkpoints of an earlier sweep ({shown}); they are "
                 "kept. Continue that sweep with the same command and resume=auto, or choose another hydra.sweep.dir."
             )
+
+
+def _name_jobs_by_swept_keys(config: DictConfig) -> None:
+    """Job folders are named by their overrides (seg/cli/job_dir.py): the ones every job shares (the
+    command's fixed `trainer.epochs=2`) would only lengthen each name, so they are left out of it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    swept = {o.key_or_group for o in parsed if o.is_sweep_override()}  # `model.wf=3 model.wf=2,3` sweeps it
+    fixed = [o.key_or_group for o in parsed if o.key_or_group not in swept]
+    if not fixed:
+        return
+    naming = config.hydra.job.config.override_dirname
+    keys = list(dict.fromkeys([*naming.exclude_keys, *fixed]))
+    naming.exclude_keys = keys
+    config.hydra.overrides.hydra.append(
+        f"hydra.job.config.override_dirname.exclude_keys=[{','.join(_quoted(k) for k in keys)}]")
 
 
 def _settle_run(config: DictConfig, record: StartRecord) -> None:

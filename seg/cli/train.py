@@ -14,12 +14,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from seg.cli import job_dir
 from seg.cli.common import command, config_dir, user_message
 from seg.errors import SegError
 
 log = logging.getLogger("seg")
 
 PROG = "seg-train"
+job_dir.register()  # at import: a launcher's job process (submitit) unpickles _train from here, then names its folder
 
 
 def _run(cfg: DictConfig, hc: Any) -> dict[str, Any]:

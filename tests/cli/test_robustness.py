@@ -55,7 +55,7 @@ def test_a_sweep_whose_default_folder_is_taken_trains_its_jobs_in_its_own(tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     (sweep,) = [p.parent for p in (tmp_path / "multirun").rglob("multirun.yaml")]
     assert sweep.name.endswith("-1")
-    assert {p.parent.parent.name for p in sweep.glob("*/checkpoints/best.pt")} == {"0", "1"}
+    assert {p.parent.parent.name for p in sweep.glob("*/checkpoints/best.pt")} == {"0_model.wf=2", "1_model.wf=3"}
     assert len(list((tmp_path / "multirun").rglob("checkpoints"))) == 2  # no job trained anywhere else
 
 

@@ -64,4 +64,4 @@ def test_a_failed_job_is_on_the_leaderboard_last_with_its_reason(tmp_path: Path)
     ranked = [(r["overrides"].split()[-1], r["status"]) for r in rows]
     assert ranked == [("loss=bce", "finished"), ("loss=ce", "failed")]
     assert "loss=ce needs a multi-class model" in rows[1]["reason"] and rows[1]["best val/dice"] == ""
-    assert rows[1]["run_dir"] == "0"
+    assert rows[1]["run_dir"] == "0_loss=ce"

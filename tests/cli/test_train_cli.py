@@ -46,7 +46,7 @@ def test_a_sweep_reports_a_failed_job_and_runs_the_others(tmp_path: Path) -> Non
                cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "1 sweep job(s) failed" in proc.stderr and "loss=ce" in proc.stderr and "Traceback" not in proc.stderr
-    assert (tmp_path / "sweep" / "1" / "checkpoints" / "best.pt").is_file()  # the bce job still ran
+    assert (tmp_path / "sweep" / "1_loss=bce" / "checkpoints" / "best.pt").is_file()  # the bce job still ran
 
 
 def test_sigterm_mid_run_saves_and_exits_143(tmp_path: Path) -> None:
@@ -172,7 +172,7 @@ def test_a_new_sweep_never_rewrites_an_earlier_sweeps_records(tmp_path: Path) ->
 
     resumed = run("seg-train", *sweep, "resume=auto", "trainer.epochs=2", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    for job in ("0", "1"):
+    for job in ("0_model.wf=2", "1_model.wf=3"):  # named by what varies, the same when resumed
         hydra_dir = tmp_path / "S" / job / ".hydra"
         assert (hydra_dir / "config.yaml").read_bytes() == record[hydra_dir / "config.yaml"]  # the original
         (extra,) = hydra_dir.glob("resume-*")
@@ -187,9 +187,9 @@ def test_an_interrupted_sweep_finishes_with_resume_auto(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr[-3000:]
     import shutil
 
-    shutil.rmtree(tmp_path / "S" / "1" / "checkpoints")  # as if stopped before job 1 saved anything
+    shutil.rmtree(tmp_path / "S" / "1_model.wf=3" / "checkpoints")  # as if stopped before job 1 saved anything
     resumed = run("seg-train", *sweep, "resume=auto", "trainer.epochs=2", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    for job in ("0", "1"):
+    for job in ("0_model.wf=2", "1_model.wf=3"):
         assert (tmp_path / "S" / job / "checkpoints" / "last.pt").is_file()
         assert "epoch 2/2" in (tmp_path / "S" / job / "train.log").read_text()

@@ -122,7 +122,7 @@ def test_multirun_sweep_through_the_installed_command(tmp_path: Path) -> None:
     proc = run_forked("seg-train", args, tmp_path, {**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     sizes = {}
-    for job in ("0", "1"):
+    for job in ("0_model.wf=2", "1_model.wf=3"):
         best = tmp_path / "sweep" / job / "checkpoints" / "best.pt"
         assert best.is_file(), job
         ckpt = load_checkpoint(best)
