@@ -1,16 +1,19 @@
 """seg-bench: `seg-bench [seg-train overrides ...] [--steps N] [--warmup N] [--json PATH]
-[--rounds N] [--cache-dir DIR] [--skip-reference] [--skip-eval]`.
+[--rounds N] [--cache-dir DIR] [--skip-reference] [--skip-eval] [--peak-size N]`, or
+`seg-bench --to-quality val/dice=0.9 [overrides ...] [--max-seconds S]`.
 
 One process measures, for one training config: seg's training throughput, the tutorial-style
 reference loop's and their ratio, the data pipeline alone, data preparation (fresh cache, then
-reused), peak memory, FLOPs per image (and on CUDA achieved TFLOP/s against the measured bf16 matmul
-peak), and evaluation throughput. Prints a table and writes JSON.
+reused), peak memory, FLOPs per image, achieved TFLOP/s and MFU against measured matmul peaks (fp32,
+and bf16 where native), and evaluation throughput. Prints a table and writes JSON. `--to-quality`
+times both loops, as processes, to a validation target instead (seg/bench/quality.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -19,12 +22,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from seg.bench.measure import interleaved, machine_info, matmul_peak_tflops, memory_kind, split_steps, sync
+from seg.bench.follow import parse_target
+from seg.bench.measure import interleaved, machine_info, memory_kind, split_steps
+from seg.bench.peak import cpu_description, flops_figures, flops_rows
+from seg.bench.quality import format_quality_table, run_to_quality
 from seg.bench.reference import ReferenceRun
 from seg.bench.seg_path import SegRun
 from seg.cli.common import config_dir, describe_hydra_error, user_errors
@@ -37,7 +42,8 @@ PROG = "seg-bench"
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = OneLineParser(
         prog=PROG, description="Training/evaluation speed of seg against a tutorial-style loop, for one config.",
-        epilog="example: seg-bench dataset=synthetic dataset.image_size=128 model=segnet trainer.batch_size=16",
+        epilog="examples: seg-bench dataset=synthetic dataset.image_size=128 model=segnet trainer.batch_size=16; "
+               "seg-bench --to-quality val/dice=0.9 trainer.epochs=20 --max-seconds 600",
     )  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="seg-train overrides, e.g. model=segnet trainer.precision=bf16")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default 20)")
@@ -47,13 +53,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sync-every", type=int, default=None,
                         help="steps per timed window, each ending with a device sync (default: 5 on a GPU, "
                              "where a sync per step would stall the queue a real run keeps full; 1 on a CPU)")
-    parser.add_argument("--json", type=Path, default=Path("benchmark.json"),
-                        help="output file (default benchmark.json)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="output file (default benchmark.json; to_quality.json with --to-quality)")
     parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="where the fresh, deleted-afterwards data cache goes (default: the system temp folder)")
+                        help="where the fresh, deleted-afterwards data cache (with --to-quality: and the runs) goes "
+                             "(default: the system temp folder)")
     parser.add_argument("--skip-reference", action="store_true", help="do not run the reference loop")
     parser.add_argument("--skip-eval", action="store_true", help="do not time evaluation")
+    parser.add_argument("--peak-size", type=int, default=None,
+                        help="N of the N x N matmuls that measure the fp32/bf16 peak for MFU (default 2048 on a CPU, "
+                             "8192 on a GPU)")
+    parser.add_argument("--to-quality", metavar="METRIC=VALUE", default=None,
+                        help="instead of throughput: wall time, start-up included, until the first validation with "
+                             "METRIC >= VALUE (<= for a loss; or write >= / <=), e.g. val/dice=0.9, for seg-train "
+                             "(the installed command, validating every epoch, stopped by SIGTERM at the target) and "
+                             "the reference loop, each at most trainer.epochs epochs; prints both, the epochs and "
+                             "the ratio")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="with --to-quality: give up on a loop after this many seconds (reported as not "
+                             "reached; default: no limit but trainer.epochs)")
     args = parser.parse_intermixed_args(argv)
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        parser.error(f"--max-seconds must be > 0, got {args.max_seconds:g}")
+    if args.peak_size is not None and args.peak_size < 1:
+        parser.error(f"--peak-size must be >= 1, got {args.peak_size}")
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1 or (args.sync_every is not None and args.sync_every < 1):
         parser.error(f"need --steps >= 1, --warmup >= 0, --rounds >= 1 and --sync-every >= 1, got {args.steps}, "
                      f"{args.warmup}, {args.rounds}, {args.sync_every}")
@@ -117,7 +140,7 @@ def describe(
 
 def run_benchmark(cfg: DictConfig, overrides: Sequence[str], *, steps: int, warmup: int, rounds: int = 4,
                   skip_reference: bool = False, skip_eval: bool = False, cache_parent: Path | None = None,
-                  sync_every: int | None = None) -> dict[str, Any]:
+                  sync_every: int | None = None, peak_size: int | None = None) -> dict[str, Any]:
     device = builders.resolve_device(cfg.trainer.device)
     sync_every = sync_every or (1 if device.type == "cpu" else 5)
     cfg.trainer.num_workers = builders.resolve_num_workers(cfg.trainer.num_workers, device)  # as seg-train
@@ -140,7 +163,7 @@ def run_benchmark(cfg: DictConfig, overrides: Sequence[str], *, steps: int, warm
         seg: SegRun = paths["seg"].run
         result: dict[str, Any] = {
             "config": describe(cfg, overrides, data, seg.amp.precision, seg.channels_last),
-            "machine": machine_info(device),
+            "machine": {**machine_info(device), "cpu": cpu_description()},
             "settings": {"steps": steps, "warmup": warmup, "rounds": len(split_steps(steps, rounds)),
                          "sync_every": sync_every},
             "memory_kind": memory_kind(device), "data_prep": prep,
@@ -158,23 +181,14 @@ def run_benchmark(cfg: DictConfig, overrides: Sequence[str], *, steps: int, warm
         pipe = seg.time_pipeline(warmup, steps, sync_every).summary()
         pipe["ratio_to_training"] = _ratio(pipe["images_per_second_mean"], train["images_per_second"])
         result["data_pipeline"] = pipe
-        result["flops"] = flops_figures(seg.flops_per_image(), train["images_per_second"], device)
+        rates = {"seg": (train["images_per_second"], seg.amp.precision)}
+        if result["reference"] is not None:
+            rates["reference"] = (result["reference"]["images_per_second"], "32")  # the tutorial's fp32
+        result["flops"] = flops_figures(seg.flops_per_image(), rates, device, matmul_size=peak_size)
         result["eval"] = None if skip_eval else seg.time_eval()
         return result
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-
-
-def flops_figures(per_image: float, images_per_second: float, device: torch.device) -> dict[str, Any]:
-    """Achieved TFLOP/s from the counted FLOPs; MFU against a measured bf16 matmul on CUDA only (a
-    CPU has no comparable single peak)."""
-    achieved = per_image * images_per_second / 1e12
-    peak = None
-    if device.type == "cuda":
-        peak = matmul_peak_tflops(device)
-        sync(device)
-    return {"per_image": per_image, "achieved_tflops": achieved, "peak_bf16_tflops": peak,
-            "mfu": achieved / peak if peak else None}
 
 
 def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
@@ -205,11 +219,7 @@ def format_table(r: dict[str, Any]) -> str:
         if r[name] is not None:
             peak, rise = r[name]["peak_memory_bytes"] / 2**20, r[name]["memory_increase_bytes"] / 2**20
             rows.append((f"peak memory, {name}", _fmt(peak, " MiB"), f"{kind}; +{rise:,.1f} MiB over its start"))
-    fl = r["flops"]
-    rows.append(("FLOPs per image", _fmt(fl["per_image"] / 1e9, " GFLOP", 3), "forward + backward"))
-    rows.append(("achieved", _fmt(fl["achieved_tflops"], " TFLOP/s", 3), "at the seg training rate"))
-    rows.append(("bf16 matmul peak", _fmt(fl["peak_bf16_tflops"], " TFLOP/s"), "measured (CUDA only)"))
-    rows.append(("MFU", "n/a" if fl["mfu"] is None else f"{100 * fl['mfu']:.1f}%", "target >= 35% (GPU)"))
+    rows += flops_rows(r["flops"])
     if r["eval"] is not None:
         e = r["eval"]
         rows.append(("evaluation", _fmt(e["images_per_second"], " img/s"),
@@ -218,7 +228,8 @@ def format_table(r: dict[str, Any]) -> str:
     head = (f"{c['dataset']} {c['image_size'][0]}x{c['image_size'][1]}, {c['model']}, batch {c['batch_size']}, "
             f"precision {c['precision']}, channels_last {c['channels_last']}, compile {c['compile']}, "
             f"workers {c['num_workers']}, augmentation: {'; '.join(c['augmentation'])}")
-    machine = (f"{m['device']} ({m['device_name']}), torch {m['torch']}, {m['cpu_count']} CPUs, "
+    flags = ", ".join((m.get("cpu") or {}).get("flags") or []) or "none of avx2/avx512/amx"
+    machine = (f"{m['device']} ({m['device_name']}; CPU flags: {flags}), torch {m['torch']}, {m['cpu_count']} CPUs, "
                f"{m['torch_threads']} threads; {r['settings']['warmup']} warm-up + "
                f"{r['settings']['steps']} timed steps "
                f"in {r['settings']['rounds']} alternating rounds, a device sync every "
@@ -236,13 +247,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             cfg = compose_config(args.overrides)
         except HydraException as exc:
             raise ConfigError(f"cannot compose the config from {args.overrides}: {describe_hydra_error(exc)}") from None
-        result = run_benchmark(cfg, args.overrides, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
-                               skip_reference=args.skip_reference, skip_eval=args.skip_eval,
-                               cache_parent=args.cache_dir, sync_every=args.sync_every)
-        print(format_table(result))
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.json}", file=sys.stderr)
+        if args.to_quality is not None:
+            target = parse_target(args.to_quality)
+            device = builders.resolve_device(cfg.trainer.device)
+            machine = {**machine_info(device), "cpu": cpu_description()}
+            result = {**run_to_quality(cfg, args.overrides, target, max_seconds=args.max_seconds,
+                                       skip_reference=args.skip_reference, work_parent=args.cache_dir),
+                      "machine": machine}
+            result["machine"]["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            print(format_quality_table(result))
+        else:
+            result = run_benchmark(cfg, args.overrides, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+                                   skip_reference=args.skip_reference, skip_eval=args.skip_eval,
+                                   cache_parent=args.cache_dir, sync_every=args.sync_every, peak_size=args.peak_size)
+            print(format_table(result))
+        out = args.json or Path("to_quality.json" if args.to_quality is not None else "benchmark.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

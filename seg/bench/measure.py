@@ -232,24 +232,6 @@ def count_train_flops(
     return int(counter.get_total_flops())
 
 
-def matmul_peak_tflops(
-    device: torch.device, *, n: int = 8192, dtype: torch.dtype = torch.bfloat16, iters: int = 20
-) -> float:
-    """Measured dense matmul rate (TFLOP/s): the practical ceiling that MFU is reported against."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        out = a @ b
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        out = a @ b
-    sync(device)
-    seconds = time.perf_counter() - start
-    del out
-    return 2.0 * n**3 * iters / seconds / 1e12
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

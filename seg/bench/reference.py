@@ -25,6 +25,7 @@ from seg.bench.measure import cycle
 from seg.data.base import IGNORE_INDEX, CachedArrayData, SegDataModule
 from seg.engine import builders
 from seg.engine.seeding import seed_everything
+from seg.metrics import SegMetrics
 
 
 @dataclass
@@ -121,6 +122,27 @@ class ReferenceRun:
         self.optimizer.step()
         self.losses.append(loss.item())
         return int(images.shape[0])
+
+    def train_epoch(self) -> int:
+        """One pass over the training samples, as a tutorial's `for images, masks in loader:`."""
+        self.model.train()
+        return sum(self.train_step(batch) for batch in self.loader(0))
+
+    @torch.no_grad()
+    def validate(self, dataset: Dataset, metrics: SegMetrics) -> dict[str, float]:
+        """`model.eval()` and a plain loop over `dataset` in batches, fp32 NCHW. The items are seg's own
+        val split (the tensors seg-train scores) and the counting is seg's SegMetrics, so a target means
+        the same thing for both loops."""
+        self.model.eval()
+        metrics.reset()
+        for batch in DataLoader(dataset, batch_size=self.batch_size):
+            image = batch["image"].to(self.device)
+            image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+            mask = batch["mask"].to(self.device).long()
+            weight = batch["weight"].to(self.device) if "weight" in batch else None
+            logits = self.model(image)
+            metrics.update(logits, mask, loss=self.loss_fn(logits, mask, weight=weight))
+        return metrics.compute()
 
     def start(self) -> None:
         self.model.train()

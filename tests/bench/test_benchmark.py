@@ -13,13 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from seg.bench.cli import flops_figures, format_table, main
+from seg.bench.cli import format_table, main
 from seg.bench.measure import (
     StepTimes,
     count_train_flops,
     cycle,
     interleaved,
-    matmul_peak_tflops,
     peak_memory_bytes,
     reset_peak_memory,
     split_steps,
@@ -50,11 +49,11 @@ def _positive(value: object) -> bool:
 
 def test_main_prints_table_and_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench" / "result.json"
-    main([*TINY, "--warmup", "2", "--steps", "3", "--rounds", "2", "--json", str(out)])
+    main([*TINY, "--warmup", "2", "--steps", "3", "--rounds", "2", "--json", str(out), "--peak-size", "32"])
     table = capsys.readouterr().out
     for row in ("seg training", "reference loop", "speedup seg/reference", "data pipeline alone",
                 "data prep, first run", "data prep, second run", "peak memory, seg", "FLOPs per image",
-                "MFU", "evaluation"):
+                "fp32 matmul peak", "MFU, seg", "MFU, reference", "evaluation"):
         assert row in table
     assert "synthetic 32x32, UNet, batch 4" in table
 
@@ -90,7 +89,15 @@ def test_main_prints_table_and_writes_every_figure(tmp_path: Path, capsys: pytes
     assert _positive(prep["first_seconds"]) and _positive(prep["second_seconds"]) and _positive(prep["ratio"])
     flops = r["flops"]
     assert _positive(flops["per_image"]) and _positive(flops["achieved_tflops"])
-    assert flops["peak_bf16_tflops"] is None and flops["mfu"] is None  # CUDA only
+    assert _positive(flops["reference_achieved_tflops"]) and _positive(flops["peak_fp32_tflops"])
+    assert flops["matmul_size"] == 32 and flops["threads"] == torch.get_num_threads()
+    # MFU against the peak of each path's own precision: seg's resolved one, the reference's fp32
+    assert flops["mfu_against"] == {"bf16": "bf16", "32": "fp32"}[resolved]
+    assert flops["mfu"] == pytest.approx(flops["achieved_tflops"] / flops["peaks_tflops"][flops["mfu_against"]])
+    assert flops["reference_mfu_against"] == "fp32"
+    assert flops["reference_mfu"] == pytest.approx(flops["reference_achieved_tflops"] / flops["peak_fp32_tflops"])
+    assert (flops["peak_bf16_tflops"] is not None) == (resolved == "bf16")  # measured where bf16 is native
+    assert r["machine"]["cpu"]["native_bf16"] == (resolved == "bf16")
     ev = r["eval"]
     assert ev["split"] == "val" and ev["images"] == 2 and _positive(ev["images_per_second"])
     assert _positive(ev["first_pass_seconds"])
@@ -102,26 +109,23 @@ def test_skip_flags_leave_those_figures_out(tmp_path: Path, capsys: pytest.Captu
     out = tmp_path / "r.json"
     cache_parent = tmp_path / "caches"
     main([*TINY, "--warmup", "0", "--steps", "3", "--skip-reference", "--skip-eval", "--json", str(out),
-          "--cache-dir", str(cache_parent), "--sync-every", "2", "--rounds", "1"])
+          "--cache-dir", str(cache_parent), "--sync-every", "2", "--rounds", "1", "--peak-size", "16"])
     table = capsys.readouterr().out
     r = json.loads(out.read_text())
     assert r["settings"]["sync_every"] == 2 and r["seg"]["timed_windows"] == 2 and r["seg"]["timed_steps"] == 3
     assert "a device sync every 2 step(s)" in table
     assert r["reference"] is None and r["speedup"] is None and r["eval"] is None
+    assert "reference_mfu" not in r["flops"] and "MFU, reference" not in table
     assert _positive(r["seg"]["images_per_second"])
     assert "reference loop" not in table and "evaluation" not in table
     assert cache_parent.is_dir() and not any(cache_parent.iterdir())  # the fresh cache is removed
 
     # The GPU rows, from figures as a CUDA run reports them.
     r["memory_kind"] = "cuda_max_allocated"
-    r["flops"].update(peak_bf16_tflops=600.0, mfu=0.4)
+    r["flops"].update(peak_bf16_tflops=600.0, mfu=0.4, mfu_against="bf16")
     gpu_table = format_table(r)
-    assert "CUDA max allocated" in gpu_table and "600.0 TFLOP/s" in gpu_table and "40.0%" in gpu_table
-
-
-def test_flops_figures_leave_peak_and_mfu_to_cuda() -> None:
-    figures = flops_figures(2e9, 50.0, CPU)
-    assert figures == {"per_image": 2e9, "achieved_tflops": pytest.approx(0.1), "peak_bf16_tflops": None, "mfu": None}
+    assert "CUDA max allocated" in gpu_table and "600.0 TFLOP/s" in gpu_table
+    assert "40.0%  against the bf16 peak" in gpu_table
 
 
 def test_bad_override_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -242,8 +246,7 @@ def test_flop_count_of_a_1x1_conv_is_exact() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_matmul_peak_and_memory_helpers_on_cpu() -> None:
-    assert matmul_peak_tflops(CPU, n=64, dtype=torch.float32, iters=2) > 0
+def test_memory_helpers_on_cpu() -> None:
     reset_peak_memory(CPU)
     assert peak_memory_bytes(CPU) > 2**20
 
