@@ -44,8 +44,8 @@ fi
 echo "setup: installing $torch_spec into .venv"
 pip install --quiet $torch_args "$torch_spec" || {  # $torch_args unquoted: it holds several words
   echo "setup: could not install $torch_spec; choose another with SEG_TORCH_SPEC or SEG_TORCH_INDEX" >&2; exit 1; }
-echo "setup: installing seg (editable) with the extras the tests use (test, onnx)"
-pip install --quiet -e ".[test,onnx]"  # every extra the tests use (onnx: seg-export, onnxruntime)
+echo "setup: installing seg (editable) with the extras the tests use (test, onnx, optuna, mlflow, slurm)"
+pip install --quiet -e ".[test,onnx,optuna,mlflow,slurm]"  # every extra the tests use, so none skips
 .venv/bin/python - <<'PY'
 import shutil
 

@@ -41,6 +41,8 @@ SEG_TARGETS = frozenset({
     "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.RMSprop", "torch.optim.SGD",
     # scheduler
     "seg.engine.schedulers.cosine", "seg.engine.schedulers.plateau", "seg.engine.schedulers.poly",
+    # logger
+    "seg.logger.tensorboard.TensorBoardLogger", "seg.logger.mlflow_logger.MLflowLogger",
 })  # fmt: skip
 
 HINT = "to use your own class, add it to allowed_targets=[...] or SEG_ALLOWED_TARGETS (comma-separated)"

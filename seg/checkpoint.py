@@ -1,7 +1,9 @@
 """Checkpoints: written atomically, loaded safely (weights_only), with their provenance.
 
 A checkpoint is a plain dict (see `make_checkpoint`) that `torch.load(..., weights_only=True)` can read:
-tensors, numbers, strings and containers only.
+tensors, numbers, strings and containers only. Its `model` is the state_dict that seg-eval, seg-predict
+and seg-export run: with `trainer.ema_decay` the moving average, the raw weights then in `train_model`
+and the average's update count in `ema_steps` (`ema_state`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,20 @@ def make_checkpoint(*, provenance: dict[str, Any] | None = None, **fields: Any) 
         "versions": versions(),
         "provenance": {"code": code_version(), **(provenance or {})},
     }
+
+
+def ema_state(ckpt: dict[str, Any], path: str | Path) -> tuple[dict[str, Any] | None, int]:
+    """(train_model, ema_steps) of a checkpoint trained with an EMA, or (None, 0) without one. Checked,
+    as a crafted file may hold anything under these keys: the weights a mapping (load_model_state then
+    checks their names and shapes), the count an integer >= 0."""
+    raw, updates = ckpt.get("train_model"), ckpt.get("ema_steps")
+    if raw is None and updates is None:
+        return None, 0
+    if not isinstance(raw, dict) or isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
+        raise CheckpointError(f"{path}: its EMA state is damaged (expected train_model to hold weights and "
+                              f"ema_steps a count >= 0, got a {type(raw).__name__} and {str(updates)[:40]!r}); "
+                              "resume from a checkpoint seg-train wrote")
+    return raw, updates
 
 
 def _temporary(path: Path) -> tuple[int, str]:

@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from seg.errors import ConfigError
+from seg.search.config import register_sweeper
 
 
 class MonitorMode(str, Enum):
@@ -88,6 +89,41 @@ class TrainerConfig:
     progress_every: int = 10  # steps between progress-bar loss updates (each one is a host sync)
     pin_memory: bool = True
     prefetch_factor: int = 4
+    # EMA of the weights (seg/engine/ema.py), e.g. 0.999: validated and saved as the checkpoint's model; null = off
+    ema_decay: Optional[float] = None
+    # K batches' gradients summed before each optimizer step: the step of a K x batch_size batch, in the
+    # memory of one (data-parallel: batch_size is per process, and only the K-th batch all-reduces)
+    accumulate_grad_batches: int = 1
+    sync_batchnorm: bool = False  # data-parallel on GPUs: BatchNorm statistics over every process's batch
+    ddp_static_graph: bool = False  # DDP's static_graph: for models whose used parameters never change
+
+
+@dataclass
+class MLflowLoggerConfig:
+    """logger=mlflow's keys and types (seg/logger/mlflow_logger.py); their defaults live in
+    configs/logger/mlflow.yaml, which extends this schema."""
+
+    _target_: str = MISSING
+    tracking_uri: Optional[str] = MISSING  # null: $MLFLOW_TRACKING_URI, else mlflow.db beside the run folder
+    experiment_name: Optional[str] = MISSING  # null: seg-<dataset>, e.g. seg-ph2
+    run_name: Optional[str] = MISSING  # null: the run folder's name
+    log_checkpoint: bool = MISSING  # the best checkpoint as an artifact when the run ends
+    artifact_location: Optional[str] = MISSING  # null: mlartifacts/ beside an SQLite store, else the store's
+
+
+# The keys each logger option takes, by its node's _target_ (check_train_config refuses others, `+` ones too).
+LOGGER_KEYS = {"seg.logger.tensorboard.TensorBoardLogger": ["_target_"],
+               "seg.logger.mlflow_logger.MLflowLogger": [f.name for f in fields(MLflowLoggerConfig)]}
+
+
+@dataclass
+class SearchConfig:
+    """The Optuna trial a job reports its validations to (seg/search/report.py). The Optuna sweeper
+    (hparams_search=...) sets all three for each of its jobs; null = not a search job."""
+
+    storage: Optional[str] = None  # the study's storage URL, e.g. sqlite:///<sweep dir>/optuna.db
+    study: Optional[str] = None
+    trial: Optional[int] = None  # the trial's number, also its job folder's
 
 
 @dataclass
@@ -103,13 +139,18 @@ class TrainConfig:
     resume: Optional[str] = None  # PATH/last.pt, or `auto` for <run dir>/checkpoints/last.pt
     run_dir: Optional[str] = None  # default: Hydra's output directory
     inference: RecipeInference = field(default_factory=RecipeInference)  # stored: seg-eval/-predict's default
+    search: SearchConfig = field(default_factory=SearchConfig)  # set by the Optuna sweeper for its jobs
+    logger: Any = None  # configs/logger/: tensorboard (the default) or mlflow beside it; null = TensorBoard only
     # Your own `_target_` classes (exact dotted names) on top of seg.allowlist's, e.g. [mypkg.MyNet].
     allowed_targets: List[str] = field(default_factory=list)
 
 
+# seg-eval's and seg-predict's `ckpt`: a checkpoint file, a list of them (an ensemble: ckpt=[a.pt,b.pt]), or a
+# folder of runs (every checkpoints/best.pt below it; `members` filters them). Any: str or list.
 @dataclass
 class EvalConfig:
-    ckpt: str = MISSING
+    ckpt: Any = MISSING
+    members: Optional[str] = None  # ckpt=FOLDER: a glob on the run folders' paths below it, e.g. '*model=unet*'
     split: str = "test"
     out_dir: Optional[str] = None  # default: <run dir of the checkpoint>/eval/<split>
     dataset: Dict[str, Any] = field(default_factory=dict)  # overrides on top of the stored dataset
@@ -138,7 +179,8 @@ class RleForm(str, Enum):
 
 @dataclass
 class PredictConfig:
-    ckpt: str = MISSING
+    ckpt: Any = MISSING  # as EvalConfig's: one checkpoint, a list (an ensemble), or a folder of runs
+    members: Optional[str] = None  # ckpt=FOLDER: a glob on the run folders' paths below it
     input: str = MISSING  # an image file or a folder of images (DICOM too)
     out_dir: Optional[str] = None  # default: <run dir of the checkpoint>/predictions/<input name>
     recursive: bool = True  # also images in subfolders (SIIM's dicom-images-test/<study>/<series>/)
@@ -182,6 +224,7 @@ TRAINER_MINIMUMS: tuple[tuple[str, int, str], ...] = (
     ("preview_images", 0, "0 turns previews off"),
     ("early_stopping", 1, "validations without improvement; null turns it off"),
     ("prefetch_factor", 1, "batches loaded ahead per worker"),
+    ("accumulate_grad_batches", 1, "batches whose gradients make one optimizer step"),
 )
 
 
@@ -206,6 +249,13 @@ def check_train_config(cfg: DictConfig) -> None:
             value = trainer.get(key)
             if value is not None and not value > 0:
                 problems.append(f"trainer.{key}={value} must be > 0, or null for no clipping")
+        decay = trainer.get("ema_decay")
+        if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1):
+            problems.append(f"trainer.ema_decay={decay} must be a number between 0 and 1 (exclusive, e.g. 0.999), "
+                            "or null for no EMA of the weights")
+    logger = cfg.get("logger") if "logger" in cfg else None
+    if isinstance(logger, DictConfig) and logger.get("_target_") in LOGGER_KEYS:
+        problems += _unknown_keys(logger, LOGGER_KEYS[logger.get("_target_")], "logger.")
     if problems:
         raise ConfigError("invalid training config: " + "; ".join(problems))
 
@@ -230,9 +280,11 @@ def register() -> None:
     """Register schemas and resolvers once; safe to call again."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="mlflow_logger_schema", node=MLflowLoggerConfig)  # extended by configs/logger/mlflow.yaml
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="predict_schema", node=PredictConfig)
     cs.store(name="export_schema", node=ExportConfig)
+    register_sweeper(cs)  # hydra/sweeper=seg_optuna, which configs/hparams_search/ select
     if not OmegaConf.has_resolver("seg.ctx_channels"):
         OmegaConf.register_new_resolver("seg.ctx_channels", _ctx_channels)
 

@@ -193,6 +193,19 @@ class SegMetrics:
             s["loss_sum"] += loss.detach().double().reshape(())
             self.n_losses += 1
 
+    def sync(self, device: torch.device) -> None:
+        """Sum the counts of every process of a data-parallel run (each scored its own shard), so
+        compute() gives every rank the metrics one process would give on all the data. A no-op alone."""
+        from seg import distributed
+
+        if not distributed.current().enabled:
+            return
+        if self._state is None:
+            self._state = self._init_state(device)
+        totals = torch.tensor([self.n_images, self.n_losses], dtype=torch.int64, device=device)
+        distributed.sum_([*self._state.values(), totals])
+        self.n_images, self.n_losses = (int(v) for v in totals.tolist())
+
     def state_dict(self) -> dict[str, Any]:
         """The running sums (a checkpoint of an interrupted epoch keeps them)."""
         sums = {} if self._state is None else {k: v.detach().cpu().clone() for k, v in self._state.items()}

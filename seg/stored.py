@@ -40,13 +40,25 @@ def keys_set_for(group: str, target: str) -> frozenset[str]:
     return frozenset(set.intersection(*sets)) if sets else frozenset()
 
 
+# Keys the configs gained after checkpoints had been written without them, and the value that does what
+# seg did before the key existed. Each is its constructor's default (tests/test_stored.py checks), so
+# a stored config that lacks one still means what it meant: it is not refused as incomplete.
+ADDED_LATER: dict[str, Any] = {
+    "dataset.folds": None,  # no cross-validation: the seeded train/val/test split
+    "dataset.fold": 0,
+    "scheduler.warmup_epochs": 0,  # poly had no warm-up (cosine always had the key)
+    "scheduler.warmup_start_factor": None,  # the evenly spaced ramp cosine always used
+}
+
+
 def missing_keys(stored: Mapping[str, Any], nodes: Iterable[str] = NODES) -> list[str]:
-    """Dotted keys (dataset.image_size) that the stored config lacks."""
+    """Dotted keys (dataset.image_size) that the stored config lacks, except the ADDED_LATER ones."""
     missing = []
     for name in nodes:
         node = stored.get(name)
         if isinstance(node, Mapping) and isinstance(node.get("_target_"), str):
-            missing += [f"{name}.{k}" for k in sorted(keys_set_for(name, node["_target_"]) - set(node))]
+            lacks = (f"{name}.{k}" for k in sorted(keys_set_for(name, node["_target_"]) - set(node)))
+            missing += [key for key in lacks if key not in ADDED_LATER]
     return missing
 
 

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import tempfile
 from collections import Counter
@@ -27,7 +28,12 @@ import yaml
 from seg.errors import EXIT_USER_ERROR, OneLineParser
 
 RESULT = "result.json"
-STATUSES = ("finished", "stopped", "failed")
+STATUSES = ("finished", "stopped", "pruned", "failed")  # pruned: stopped early by an Optuna search (seg.search)
+# Overrides that say how a job ran, not what it trained: not shown (the storage, the same long path in every
+# row of an Optuna search) or not in the best run's command (seg-train with them would not train it anew).
+# hparams_search=... stays in the command: in a single run it only picks its settings (e.g. model=unet).
+HIDDEN = ("search.storage=", "search.study=")
+INVOCATION = ("resume=", "run_dir=", "search.", "hydra.")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -71,8 +77,10 @@ def _row(folder: Path, path: Path, data: dict[str, Any]) -> dict[str, Any]:
         overrides = _hydra_overrides(path.parent)
     status = data.get("status") or ("stopped" if data.get("stopped_by") else "finished")
     best = data.get("best_score")
+    overrides = [str(o) for o in overrides]
     return {
-        "overrides": " ".join(str(o) for o in overrides), "status": status, "reason": data.get("reason", ""),
+        "overrides": " ".join(o for o in overrides if not o.startswith(HIDDEN)), "arguments": overrides,
+        "status": status, "reason": data.get("reason", ""),
         "best": float(best) if isinstance(best, (int, float)) else math.nan, "best_epoch": data.get("best_epoch"),
         "epoch": data.get("epoch"), "monitor": data.get("monitor"), "monitor_mode": data.get("monitor_mode"),
         "metrics": {k: v for k, v in data.items() if k.startswith("val/")}, "wall_s": data.get("wall_s"),
@@ -97,14 +105,15 @@ def monitor_of(rows: list[dict[str, Any]]) -> tuple[str, str]:
 
 
 def ranked(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
-    """Best first by the monitored value; runs without one (no validation yet) after those, failed jobs
-    last, in job order."""
+    """Best first by the monitored value, the trials an Optuna search pruned after the others (their value
+    is from fewer epochs); runs without one (no validation yet) after those, failed jobs last, in job order."""
     sign = -1.0 if mode == "max" else 1.0
 
     def key(row: dict[str, Any]) -> tuple:
         failed = row["status"] == "failed"
         scored = not failed and math.isfinite(row["best"])
-        return (failed, not scored, sign * row["best"] if scored else 0.0, _natural(row["run_dir"]))
+        return (failed, not scored, row["status"] == "pruned", sign * row["best"] if scored else 0.0,
+                _natural(row["run_dir"]))
 
     return sorted(rows, key=key)
 
@@ -211,6 +220,18 @@ def _csv(header: list[str], body: list[list[str]]) -> str:
     return out.getvalue()
 
 
+def best_command(rows: list[dict[str, Any]], monitor: str) -> str:
+    """Markdown: the best finished run's overrides as the seg-train command that trains it again as a single
+    run (without this sweep's resume and search settings); empty when no run finished."""
+    best = next((r for r in rows if r["status"] == "finished" and math.isfinite(r["best"])), None)
+    if best is None:
+        return ""
+    args = [o for o in best.get("arguments", best["overrides"].split()) if not o.lstrip("+~").startswith(INVOCATION)]
+    command = " ".join(["seg-train", *(shlex.quote(a) for a in args)])
+    return (f"Best finished run ({best['run_dir']}: best {monitor}={best['best']:.4f}), as one command:\n\n"
+            f"```bash\n{command}\n```\n\n")
+
+
 def write_summary(folder: Path, rows: list[dict[str, Any]], monitor: str, mode: str) -> str:
     """Write summary.csv and summary.md into `folder`, ranked, and summary_groups.csv when the rows
     vary dataset.fold or seed; returns the Markdown table(s)."""
@@ -224,7 +245,8 @@ def write_summary(folder: Path, rows: list[dict[str, Any]], monitor: str, mode: 
         shown += f"\n## {GROUPS_TITLE}\n\n" + markdown(*group_table(entries, monitor, precise=False))
     else:  # a stale table from runs since moved away must not be read as this folder's answer
         (folder / "summary_groups.csv").unlink(missing_ok=True)
-    write_atomic(folder / "summary.md", f"# Runs below {folder.name or folder}, by {monitor} ({mode})\n\n" + shown)
+    title = f"# Runs below {folder.name or folder}, by {monitor} ({mode})\n\n"
+    write_atomic(folder / "summary.md", title + best_command(rows, monitor) + shown)
     return shown
 
 

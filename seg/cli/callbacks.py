@@ -30,7 +30,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
-from seg.cli.common import fail, user_errors
+from seg import distributed
+from seg.cli.common import fail, user_errors, user_message
 from seg.errors import ConfigError, SegError
 from seg.train.plan import StartFailed, continues_its_run, plan_run
 
@@ -82,6 +83,10 @@ class RunDirGuard(Callback):
         # the same folder (since resumed, or not) are on the leaderboard but not this command's failure.
         self.sweep_started = time.time()
         self._guarded(_settle_sweep, config)
+        if distributed.env_dist().enabled:  # every process would run the whole sweep
+            fail("seg-train", "--multirun under torchrun would run the whole sweep in every process: start each "
+                 "run with torchrun, or sweep with hydra/launcher=slurm (or submitit_local), whose jobs start one "
+                 "process per GPU (hydra.launcher.tasks_per_node)")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Hydra calls this after the last job (not after a job's bug or a signal, which end the command
@@ -104,7 +109,7 @@ class RunDirGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.record.begin([], set())
-        self._guarded(lambda c: _settle_run(c, self.record), config)
+        self._guarded(lambda c: _settle_ranks(c, self.record), config)
 
     def on_run_end(self, config: DictConfig, job_return: JobReturn | None = None, **kwargs: Any) -> None:
         """Hydra hands the task's exception over here before it re-raises it with a line of its own
@@ -176,6 +181,38 @@ def _name_jobs_by_swept_keys(config: DictConfig) -> None:
     naming.exclude_keys = keys
     config.hydra.overrides.hydra.append(
         f"hydra.job.config.override_dirname.exclude_keys=[{','.join(_quoted(k) for k in keys)}]")
+
+
+def _settle_ranks(config: DictConfig, record: StartRecord) -> None:
+    """One folder for every process of a torchrun run: `${now:...}` differs between processes started
+    in different seconds, and each would claim its own. Rank 0 settles it (or fails, and the others
+    stop with it) and hands it over; the other ranks write nothing there: no Hydra record, no log
+    file, and only their warnings on the console."""
+    d = distributed.env_dist()
+    if not d.enabled:
+        _settle_run(config, record)
+        return
+    from seg.engine.builders import resolve_device
+
+    distributed.join(resolve_device(str(config.trainer.device)).type)
+    if d.main:
+        try:
+            _settle_run(config, record)
+        except BaseException as exc:
+            distributed.broadcast({"error": user_message(exc) or f"{type(exc).__name__}: {exc}"})
+            raise
+        distributed.broadcast({"dir": str(config.hydra.run.dir)})
+        return
+    verdict = distributed.broadcast(None)
+    if "error" in verdict:
+        raise ConfigError(f"rank {d.rank} stops with rank 0, which could not start the run")
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.run.dir = verdict["dir"]
+        config.hydra.output_subdir = None
+        root = config.hydra.job_logging.get("root")
+        if root is not None:
+            root.handlers = [h for h in root.get("handlers", []) if h != "file"]
+            root.level = "WARNING"
 
 
 def _settle_run(config: DictConfig, record: StartRecord) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -34,11 +35,18 @@ def _run(cfg: DictConfig, hc: Any) -> dict[str, Any]:
 
     plan = None
     folder = _job_folder(cfg, hc)
-    if hc.mode == RunMode.MULTIRUN and cfg.resume == "auto" and not (folder / "checkpoints" / "last.pt").is_file():
+    saved = (folder / "checkpoints" / "last.pt").is_file()
+    if hc.mode == RunMode.MULTIRUN and cfg.resume == "auto" and not saved:
         # An interrupted sweep resumed: a job that never saved a checkpoint starts now.
         log.info("%s: job %s has no checkpoint to continue: it starts from the beginning", PROG, hc.job.num)
         with open_dict(cfg):
             cfg.resume = None
+    elif hc.mode == RunMode.MULTIRUN and not cfg.resume and saved and os.environ.get("SUBMITIT_EXECUTOR"):
+        # submitit requeued this job after a time limit or preemption (a new sweep into a folder with
+        # checkpoints was refused at its start, so these are this job's own): it continues exactly.
+        log.info("%s: job %s was requeued: it continues from %s", PROG, hc.job.num, folder / "checkpoints" / "last.pt")
+        with open_dict(cfg):
+            cfg.resume = "auto"
     try:
         plan = plan_run(cfg, folder)
         if plan.resuming:
@@ -54,7 +62,13 @@ def _run(cfg: DictConfig, hc: Any) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _train(cfg: DictConfig) -> float:
+    from seg import distributed
+
     hc = HydraConfig.get()
+    distributed.adopt_submitit_env()  # a SLURM job's tasks: the variables torchrun would set
+    main_rank = distributed.env_dist().main
+    if not main_rank and hc.mode == RunMode.MULTIRUN:
+        distributed.quiet_log_file()  # Hydra opened the job's train.log in every task; rank 0 writes it
     if hc.mode == RunMode.MULTIRUN:
         # One bad combination of a sweep is reported, and the other jobs still run.
         began = time.monotonic()
@@ -62,13 +76,17 @@ def _train(cfg: DictConfig) -> float:
             result = _run(cfg, hc)
         except SegError as exc:
             log.error("%s: job %s failed: %s", PROG, hc.job.num, exc)
-            # The sweep's leaderboard lists it from this record, and its end reports it (RunDirGuard).
-            _record_failure(cfg, hc, str(exc), time.monotonic() - began)
+            if main_rank:  # the sweep's leaderboard lists it from this record, its end reports it (RunDirGuard)
+                _record_failure(cfg, hc, str(exc), time.monotonic() - began)
             return math.nan
     else:
         result = _run(cfg, hc)  # a SegError reaches the guard's on_run_end, then main()
     if result.get("stopped_by"):  # saved and stopped by a signal: not a finished run, for schedulers too
-        raise SystemExit(128 + signal.Signals[result["stopped_by"]].value)
+        stopped = signal.Signals[result["stopped_by"]]
+        handler = signal.getsignal(stopped)  # training's own handler is gone: what was there before it
+        if stopped in (signal.SIGUSR1, signal.SIGUSR2) and os.environ.get("SUBMITIT_EXECUTOR") and callable(handler):
+            handler(stopped.value, None)  # submitit's: rank 0 requeues the job (it continues from last.pt)
+        raise SystemExit(128 + stopped.value)
     return float(result["best_score"])  # the value a sweeper optimises
 
 

@@ -13,13 +13,13 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from seg.allowlist import check_targets, config_targets
 from seg.config import PRECISIONS
 from seg.data.base import SegDataModule
 from seg.engine.amp import Amp
-from seg.engine.seeding import EpochItems, EpochShuffle, worker_init_fn
+from seg.engine.seeding import EpochItems, EpochShuffle, Shard, worker_init_fn
 from seg.errors import ConfigError, SegError
 
 log = logging.getLogger("seg")
@@ -202,27 +202,33 @@ def build_loader(
     drop_last: bool = False,
     pin_memory: bool = True,
     prefetch_factor: int = 4,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader:
     """`shuffle_seed` set: an EpochShuffle sampler (call `loader.sampler.set_epoch(e)` before each
     epoch) over the dataset wrapped in EpochItems; workers persist across epochs and prefetch; pinned
     memory feeds non-blocking copies. The loader has its own generator, so starting one never draws
-    from the global RNG that augmentation uses (a resumed run keeps that stream exact)."""
+    from the global RNG that augmentation uses (a resumed run keeps that stream exact).
+    `world` > 1: this process's shard (rank) of either order (seg/engine/seeding.py)."""
     if batch_size < 1:
         raise ConfigError(f"trainer.batch_size must be >= 1, got {batch_size}")
     workers = max(0, int(num_workers))
     extra: dict[str, Any] = {}
     if workers > 0:
         extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": worker_init_fn}
-    sampler = None
+    sampler: Sampler | None = None
+    per_process = len(dataset) // world
     if shuffle_seed is not None:
-        sampler = EpochShuffle(len(dataset), shuffle_seed)
+        sampler = EpochShuffle(len(dataset), shuffle_seed, rank=rank, world=world)
         dataset = EpochItems(dataset, shuffle_seed)
+    elif world > 1:
+        sampler = Shard(len(dataset), rank=rank, world=world)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        drop_last=drop_last and len(dataset) > batch_size,
+        drop_last=drop_last and per_process > batch_size,
         pin_memory=pin_memory and device.type == "cuda",
         generator=torch.Generator().manual_seed(0 if shuffle_seed is None else shuffle_seed),
         **extra,

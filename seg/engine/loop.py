@@ -7,6 +7,7 @@ watch accumulate on the device and are read once at the end (the progress bar sy
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from seg.engine.amp import Amp
+from seg.engine.ema import ModelEma
 from seg.engine.state import EpochProgress
 from seg.errors import TrainingDiverged
 from seg.metrics import SegMetrics
@@ -145,36 +147,59 @@ def train_step(
     augment: nn.Module | None = None,
     metrics: SegMetrics | None = None,
     watch: FiniteWatch | None = None,
+    ema: ModelEma | None = None,
+    accumulate: int = 1,
+    first: bool = True,
+    last: bool = True,
 ) -> tuple[torch.Tensor, int]:
-    """One optimizer step on one batch. Returns the detached loss (still on the device: reading it
-    would sync) and the number of images. `watch` notes a non-finite loss or gradient norm."""
+    """One batch: forward, backward and, on the `last` batch of an accumulation group, the optimizer
+    step. Returns the detached loss (still on the device: reading it would sync) and the number of
+    images. With `accumulate` = K the loss is divided by K, so K batches' gradients add up to those of
+    one K times larger batch; `first` clears the gradients. Under DDP the batches before the last skip
+    the gradient all-reduce (no_sync): only the summed gradients cross the network. `watch` notes a
+    non-finite loss or gradient norm; `ema` averages the weights after the step (also after a step
+    fp16's scaler skipped: it then moves the average towards unchanged weights, as timm's does)."""
     amp = settings.amp
     image, mask, weight = to_device(batch, settings.device, settings.channels_last)
     if augment is not None:
         image, mask, weight = augment(image, mask, weight)
-    with amp.autocast():
-        logits = model(image)
-    loss = loss_fn(logits.float(), mask, weight=weight)
-    optimizer.zero_grad(set_to_none=True)
+    if first:
+        optimizer.zero_grad(set_to_none=True)
+    no_sync = getattr(model, "no_sync", None) if not last else None
+    with no_sync() if no_sync is not None else contextlib.nullcontext():
+        with amp.autocast():
+            logits = model(image)
+        loss = loss_fn(logits.float(), mask, weight=weight)
+        scaled = loss / accumulate if accumulate > 1 else loss
+        (amp.scaler.scale(scaled) if amp.scaler is not None else scaled).backward()
+    grad_norm = _optimizer_step(model, optimizer, settings, ema) if last else None
+    if watch is not None:
+        watch.update(loss.detach(), grad_norm, scaled=amp.scaler is not None)
+    if metrics is not None:
+        metrics.update(logits.detach(), mask)
+    return loss.detach(), int(image.shape[0])
+
+
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, settings: StepSettings,
+                    ema: ModelEma | None) -> torch.Tensor | None:
+    """Clip (unscaled first under fp16's scaler), step, update the EMA; the gradient norm when clipping
+    by norm computed it."""
+    amp = settings.amp
     clipping = settings.clip_norm is not None or settings.clip_value is not None
     grad_norm = None
     if amp.scaler is not None:
-        amp.scaler.scale(loss).backward()
         if clipping:
             amp.scaler.unscale_(optimizer)
             grad_norm = _clip(model, settings.clip_norm, settings.clip_value)
         amp.scaler.step(optimizer)
         amp.scaler.update()
     else:
-        loss.backward()
         if clipping:
             grad_norm = _clip(model, settings.clip_norm, settings.clip_value)
         optimizer.step()
-    if watch is not None:
-        watch.update(loss.detach(), grad_norm, scaled=amp.scaler is not None)
-    if metrics is not None:
-        metrics.update(logits.detach(), mask)
-    return loss.detach(), int(image.shape[0])
+    if ema is not None:
+        ema.update()
+    return grad_norm
 
 
 def train_one_epoch(
@@ -190,10 +215,17 @@ def train_one_epoch(
     desc: str = "train",
     should_stop: Callable[[], bool] = lambda: False,
     start: EpochProgress | None = None,
+    ema: ModelEma | None = None,
+    accumulate: int = 1,
+    processes: int = 1,
 ) -> EpochStats:
     """`start`: the part of this epoch trained before an interrupt (the loader already skips its
     samples); the returned loss is the mean over the whole epoch. A non-finite loss or gradient raises
-    TrainingDiverged at the next progress read or at the end of the epoch, before anything is saved."""
+    TrainingDiverged at the next progress read or at the end of the epoch, before anything is saved.
+    `ema` (trainer.ema_decay) averages the weights after every optimizer step, on the device.
+    `accumulate`: batches per optimizer step; a stop is taken only between steps, so a resume never
+    meets half-summed gradients. `processes`: data-parallel processes, each a shard of the epoch:
+    samples (what a resume skips, the img/s) count them all."""
     start = start or EpochProgress(epoch=0)
     model.train()
     if augment is not None:
@@ -207,18 +239,22 @@ def train_one_epoch(
     interrupted = False
     watch = FiniteWatch(device, start.epoch, start.steps)
     try:
+        batches = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
         for batch in bar:
-            if should_stop():  # checked before a step, so a stop after the last step lets the epoch finish
+            first = (start.steps + steps) % accumulate == 0
+            # checked before an optimizer step, so a stop after the last step lets the epoch finish
+            if first and should_stop():
                 interrupted = True
                 break
             data_seconds += time.perf_counter() - tick
             if steps == 0:
                 first_batch_seconds = data_seconds
+            last = (start.steps + steps + 1) % accumulate == 0 or steps + 1 == batches
             loss, n = train_step(model, batch, loss_fn, optimizer, settings, augment=augment, metrics=metrics,
-                                 watch=watch)
+                                 watch=watch, ema=ema, accumulate=accumulate, first=first, last=last)
             total += loss
             steps += 1
-            samples += n
+            samples += n * processes
             if progress_every > 0 and steps % progress_every == 0:
                 watch.check()  # the read below waits for the device anyway: this one adds no stall
                 bar.set_postfix(loss=f"{(total / (start.steps + steps)).item():.4f}")
@@ -258,4 +294,5 @@ def evaluate(
         metrics.update(logits, mask, loss=loss)
         if on_batch is not None:
             on_batch(batch, logits, mask)
+    metrics.sync(settings.device)  # data-parallel: each process scored its shard of the split
     return metrics.compute()

@@ -27,17 +27,42 @@ def plateau(
     )
 
 
+def _check_warmup(warmup_epochs: int, start_factor: float | None) -> None:
+    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs}")
+    if start_factor is not None and (isinstance(start_factor, bool) or not 0 < start_factor <= 1):
+        raise ValueError(f"warmup_start_factor must be in (0, 1] (the share of the lr the first epoch trains "
+                         f"with) or null, got {start_factor}")
+
+
+def _ramp(epoch: int, warmup_epochs: int, start: float | None) -> float:
+    """The linear warm-up's factor for an epoch < warmup_epochs: from `start` at epoch 0 towards 1 at
+    epoch `warmup_epochs`, the schedule's first at the full lr. start=None: the warm-up epochs step
+    evenly, (epoch + 1) / (warmup_epochs + 1) (0.5 for one epoch; 1/3 and 2/3 for two)."""
+    if start is None:
+        return (epoch + 1) / (warmup_epochs + 1)
+    return start + (1 - start) * epoch / warmup_epochs
+
+
 def cosine(
-    optimizer: Optimizer, *, epochs: int, mode: str = "max", warmup_epochs: int = 1, min_lr: float = 0.0
+    optimizer: Optimizer,
+    *,
+    epochs: int,
+    mode: str = "max",
+    warmup_epochs: int = 1,
+    min_lr: float = 0.0,
+    warmup_start_factor: float | None = None,
 ) -> LRScheduler:
-    if warmup_epochs < 0 or min_lr < 0:
+    """Linear warm-up, then cosine from the full lr to min_lr over the remaining epochs."""
+    if min_lr < 0 or (isinstance(warmup_epochs, (int, float)) and warmup_epochs < 0):
         raise ValueError(f"warmup_epochs and min_lr must be >= 0, got {warmup_epochs} and {min_lr}")
+    _check_warmup(warmup_epochs, warmup_start_factor)
     base = [g["lr"] for g in optimizer.param_groups]
     ratio = [min_lr / b if b > 0 else 0.0 for b in base]
 
     def factor(epoch: int, floor: float) -> float:
         if epoch < warmup_epochs:
-            return (epoch + 1) / (warmup_epochs + 1)
+            return _ramp(epoch, warmup_epochs, warmup_start_factor)
         span = max(1, epochs - warmup_epochs)
         progress = min(1.0, (epoch - warmup_epochs) / span)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -45,7 +70,23 @@ def cosine(
     return LambdaLR(optimizer, [lambda e, f=f: factor(e, f) for f in ratio])
 
 
-def poly(optimizer: Optimizer, *, epochs: int, mode: str = "max", power: float = 0.9) -> LRScheduler:
+def poly(
+    optimizer: Optimizer,
+    *,
+    epochs: int,
+    mode: str = "max",
+    power: float = 0.9,
+    warmup_epochs: int = 0,
+    warmup_start_factor: float | None = None,
+) -> LRScheduler:
+    """Linear warm-up (none by default), then lr * (1 - progress)^power over the remaining epochs."""
     if power <= 0:
         raise ValueError(f"power must be > 0, got {power}")
-    return LambdaLR(optimizer, lambda e: max(0.0, 1 - e / max(1, epochs)) ** power)
+    _check_warmup(warmup_epochs, warmup_start_factor)
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup_epochs:
+            return _ramp(epoch, warmup_epochs, warmup_start_factor)
+        return max(0.0, 1 - (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)) ** power
+
+    return LambdaLR(optimizer, factor)

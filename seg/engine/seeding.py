@@ -45,20 +45,45 @@ class EpochShuffle(Sampler[tuple[int, int]]):
     own copy of the dataset, so the epoch has to travel with each index.
 
     `set_epoch(e, start=k)` skips the first k indices of epoch e's order (an epoch resumed after k
-    samples)."""
+    samples, counted over all processes).
 
-    def __init__(self, n: int, seed: int) -> None:
+    Data-parallel (`world` > 1): every process draws the same order and takes every world-th index
+    from its rank on, as DistributedSampler does, so each sample is seen once an epoch across the
+    processes and step j of the processes together is the one-process batch j of `world` times the
+    size. The tail that would leave processes with unequal counts is dropped (each epoch's order
+    differs, so no sample is left out for good)."""
+
+    def __init__(self, n: int, seed: int, *, rank: int = 0, world: int = 1) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside [0, {world})")
         self.n, self.seed, self.epoch, self.start = n, seed, 1, 0
+        self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, min(max(0, start), self.n)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist()
-        return ((self.epoch, i) for i in order[self.start :])
+        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist()[self.start :]
+        if self.world > 1:
+            order = order[: len(order) - len(order) % self.world][self.rank :: self.world]
+        return ((self.epoch, i) for i in order)
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return (self.n - self.start) // self.world
+
+
+class Shard(Sampler[int]):
+    """Validation indices of one process: every world-th from its rank on, in order; the counts may
+    differ by one, and the metric sums over the processes cover each item exactly once."""
+
+    def __init__(self, n: int, *, rank: int, world: int) -> None:
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class EpochItems(Dataset):

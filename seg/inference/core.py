@@ -11,6 +11,7 @@ beyond rounding: docs/benchmarks.md).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,13 @@ def output_dir(ckpt: Path, kind: str, name: str) -> Path:
     if ckpt.parent.name == "checkpoints":
         return ckpt.parent.parent / kind / name
     return ckpt.parent / f"{kind}-{name}"
+
+
+def ensemble_output_dir(ckpts: Sequence[Path], kind: str, name: str) -> Path:
+    """Where a command writes for an ensemble by default: `<common folder>/ensemble-<kind>/<name>`, the
+    common folder of the members' runs (a sweep's folder for its jobs' checkpoints)."""
+    runs = [c.parent.parent if c.parent.name == "checkpoints" else c.parent for c in ckpts]
+    return Path(os.path.commonpath([str(r.absolute()) for r in runs])) / f"ensemble-{kind}" / name
 
 
 def stored_config(ckpt: dict[str, Any], dataset_overrides: Any, path: Path, allowed_targets: Sequence[str] = (),

@@ -19,6 +19,7 @@ from seg.engine.loop import StepSettings, evaluate
 from seg.engine.preview import Preview
 from seg.errors import ConfigError
 from seg.inference.core import InferredLogits, load_model, output_dir, resolve_inference, stored_config
+from seg.inference.ensemble import ensemble_paths
 from seg.inference.outputs import OutputFolder
 from seg.inference.report import finish_tuning, prepare, summary
 from seg.inference.tables import REPORTS, table, write_reports
@@ -30,16 +31,17 @@ log = logging.getLogger("seg")
 
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
-    path = Path(cfg.ckpt).expanduser()
+    paths = ensemble_paths(cfg.ckpt, cfg.get("members"))  # None: one checkpoint file
+    if paths is not None and len(paths) > 1:
+        from seg.inference.ensemble_eval import run_ensemble_eval  # it builds on this module's helpers
+
+        return run_ensemble_eval(cfg, paths)
+    path = paths[0] if paths else Path(str(cfg.ckpt)).expanduser()
+    if paths:
+        log.info("seg-eval: ckpt=%s holds one checkpoint, %s: evaluated alone", cfg.ckpt, path)
     ckpt = load_checkpoint(path)
     digest = sha256(path)
-    check_split(cfg.split)
-    if cfg.n_overlays < 0:
-        raise ConfigError(f"n_overlays must be >= 0, got {cfg.n_overlays}")
-    if cfg.batch_size is not None and cfg.batch_size < 1:  # 0 would read as "not set" below
-        raise ConfigError(f"batch_size must be >= 1, or null for the training batch size; got {cfg.batch_size}")
-    if cfg.num_workers is not None and cfg.num_workers < 0:
-        raise ConfigError(f"num_workers must be >= 0 (0 loads data in the main process) or null, got {cfg.num_workers}")
+    check_settings(cfg)
     out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else output_dir(path, "eval", f"{path.stem}-{cfg.split}")
     outputs = OutputFolder(out_dir, "seg-eval")
     outputs.claim(REPORTS)  # before the evaluation: a file of the user's in the way fails at once
@@ -80,6 +82,17 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     print(table(report, values, path))
     log.info("wrote %s and %d overlay(s) to %s", ", ".join(REPORTS), n_saved, out_dir)
     return report
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """seg-eval's own settings, checked before any data is read (an ensemble's too)."""
+    check_split(cfg.split)
+    if cfg.n_overlays < 0:
+        raise ConfigError(f"n_overlays must be >= 0, got {cfg.n_overlays}")
+    if cfg.batch_size is not None and cfg.batch_size < 1:  # 0 would read as "not set" below
+        raise ConfigError(f"batch_size must be >= 1, or null for the training batch size; got {cfg.batch_size}")
+    if cfg.num_workers is not None and cfg.num_workers < 0:
+        raise ConfigError(f"num_workers must be >= 0 (0 loads data in the main process) or null, got {cfg.num_workers}")
 
 
 def _overlay_names(cfg: DictConfig, rows: list[dict[str, Any]]) -> dict[int, str]:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from seg.checkpoint import load_checkpoint, sha256
@@ -27,7 +27,16 @@ from seg.data.base import as_size, resize_image
 from seg.data.rle import ENCODERS
 from seg.engine.amp import Amp
 from seg.errors import CheckpointError, ConfigError, DatasetError
-from seg.inference.core import Inference, infer_probs, load_model, output_dir, resolve_inference, stored_config
+from seg.inference.core import (
+    Inference,
+    ensemble_output_dir,
+    infer_probs,
+    load_model,
+    output_dir,
+    resolve_inference,
+    stored_config,
+)
+from seg.inference.ensemble import average, ensemble_paths, load_members, note_postprocess, write_members
 from seg.inference.inputs import find_inputs, multi_page, read_input
 from seg.inference.outputs import OutputFolder
 from seg.inference.postprocess import load_postprocess, to_mask
@@ -52,12 +61,19 @@ class Predictor:
     how: Inference = field(default_factory=Inference)
     channels_last: bool = False
     postprocess: Any = None  # what post-processes the masks, if anything: predictions.csv names it
+    members: list[Predictor] = field(default_factory=list)  # an ensemble: the mean of their probabilities
+
+    def probs(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of a batch: the model's, or an ensemble's members' mean."""
+        if self.members:
+            return average(m.probs(batch) for m in self.members)
+        return infer_probs(self.model, batch, self.amp, self.how, channels_last=self.channels_last)
 
     def __call__(self, images: list[np.ndarray], threshold: float) -> list[np.ndarray]:
         """One mask per image (HxW uint8 at the image's own size); images of one size when `size` is None."""
         resized = [resize_image(im, self.size) if self.size else im for im in images]
         batch = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).to(self.device).float().div_(255)
-        probs = infer_probs(self.model, batch, self.amp, self.how, channels_last=self.channels_last)
+        probs = self.probs(batch)
         return [to_mask(p, im.shape[:2], threshold, self.postprocess) for p, im in zip(probs, images)]
 
     def settings_row(self) -> dict[str, str]:
@@ -103,6 +119,17 @@ def load_predictor(cfg: DictConfig, ckpt: dict[str, Any], path: Path) -> Predict
         log.info("seg-predict: post-processing tuned on validation: %s (postprocess=false to skip)", postprocess.name)
     return Predictor(loaded.model, settings.amp, settings.device, channels, n_classes, size, how,
                      settings.channels_last, postprocess)
+
+
+def load_ensemble(cfg: DictConfig, paths: list[Path]) -> Predictor:
+    """Each member's predictor (checked alike: seg.inference.ensemble); their mean probabilities are
+    thresholded as one model's, not post-processed (a .postprocess.json is tuned for its checkpoint alone)."""
+    alone = OmegaConf.merge(cfg, {"postprocess": False})
+    members = load_members(paths, cfg.get("inference"), lambda ckpt, path: load_predictor(alone, ckpt, path),
+                           tta=bool(cfg.tta))
+    if cfg.postprocess:
+        note_postprocess(paths, "seg-predict")
+    return replace(members[0], members=members)
 
 
 def _load(cfg: DictConfig, path: Path) -> Predictor | OnnxPredictor:
@@ -164,21 +191,24 @@ def _make_out_dir(out: Path) -> None:
 
 
 def run_predict(cfg: DictConfig) -> dict[str, Any]:
-    path, source = Path(cfg.ckpt).expanduser(), Path(cfg.input).expanduser()
+    paths = ensemble_paths(cfg.ckpt, cfg.get("members"))  # None: one checkpoint (or .onnx) file
+    members = paths if paths and len(paths) > 1 else None  # an ensemble's checkpoints
+    path, source = paths[0] if paths else Path(str(cfg.ckpt)).expanduser(), Path(cfg.input).expanduser()
     _check_settings(cfg)
     form = None if cfg.submission is None else str(getattr(cfg.submission, "value", cfg.submission))
     encode = ENCODERS[form] if form is not None else None
-    predictor = _load(cfg, path)
+    predictor = load_ensemble(cfg, members) if members else _load(cfg, path)
     if form is not None and predictor.n_classes != 1:
         raise ConfigError(f"submission={form} writes run-length encoded binary masks, but this model has "
                           f"{predictor.n_classes} classes; leave submission=null (PNG masks hold the class ids)")
     files = find_inputs(source, bool(cfg.recursive))
     name = source.stem if source.is_file() else source.resolve().name
-    out = Path(cfg.out_dir).expanduser() if cfg.out_dir else output_dir(path, "predictions", name)
+    default = ensemble_output_dir(members, "predictions", name) if members else output_dir(path, "predictions", name)
+    out = Path(cfg.out_dir).expanduser() if cfg.out_dir else default
     targets = dict(zip(files, mask_paths(files, source if source.is_dir() else source.parent)))
     outputs = OutputFolder(out, "seg-predict")
     kinds = ("masks", "overlays") if cfg.get("overlays") else ("masks",)
-    outputs.claim(["predictions.csv", *(["submission.csv"] if form else []),
+    outputs.claim(["predictions.csv", *(["submission.csv"] if form else []), *(["ensemble.json"] if members else []),
                    *(f"{kind}/{t.as_posix()}" for kind in kinds for t in targets.values())])
     _make_out_dir(out)
     stacks = multi_page(files)
@@ -191,13 +221,15 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
             raise DatasetError(f"none of the {len(files)} image(s) under {source} could be read: {skipped[0]}")
         _write_rows(out / "predictions.csv", rows)
         outputs.wrote(out / "predictions.csv")
+        if members:
+            write_members(outputs, members)
         if form is not None:
             _write_submission(out / "submission.csv", rows)
             outputs.wrote(out / "submission.csv")
     finally:
         outputs.save_record()
-    log.info("wrote %d mask(s)%s to %s (checkpoint sha256=%s)", len(rows),
-             " and submission.csv" if form else "", out, sha256(path))
+    made_by = f"an ensemble of {len(members)}: ensemble.json" if members else f"checkpoint sha256={sha256(path)}"
+    log.info("wrote %d mask(s)%s to %s (%s)", len(rows), " and submission.csv" if form else "", out, made_by)
     return {"out_dir": str(out), "n_images": len(rows), "skipped": len(skipped)}
 
 

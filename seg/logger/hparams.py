@@ -31,6 +31,7 @@ def run_hparams(config: Mapping[str, Any], overrides: Sequence[str]) -> dict[str
     params = {key: _value(_select(config, key)) for key in MAIN_KEYS}
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
-        if key and not key.startswith("hydra.") and key not in ("resume", "run_dir"):
+        # not settings of the run: Hydra's, the invocation's, an Optuna trial's bookkeeping (search.trial=3)
+        if key and not key.startswith(("hydra.", "search.")) and key not in ("resume", "run_dir"):
             params[f"override/{key}"] = value
     return params

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,11 @@ from seg.checkpoint import sha256
 from seg.engine.loop import EpochStats, evaluate, nonfinite_weights, train_one_epoch
 from seg.engine.state import EpochProgress
 from seg.errors import TrainingDiverged
+from seg.logger.build import build_loggers
 from seg.logger.hparams import run_hparams
 from seg.logger.tensorboard import TensorBoardLogger
+from seg.search.report import TrialReporter, trial_reporter
+from seg.train import parallel
 from seg.train.plan import RunPlan, plan_run
 from seg.train.run import Run, start_run
 from seg.train.signals import GracefulStop
@@ -33,30 +37,36 @@ def fit(cfg: DictConfig, plan: RunPlan | Path) -> dict[str, Any]:
     run = start_run(cfg, plan)
     plan.started = True
     t, state = cfg.trainer, run.state
-    tb = TensorBoardLogger(run.run_dir / "tb", purge_step=state.epoch + 1 if cfg.resume else None)
+    trial = trial_reporter(cfg, run.mode)  # a job of an Optuna search: its trial (seg/search/report.py)
+    # TensorBoard, plus MLflow with logger=mlflow (seg/logger/build.py)
+    tb = build_loggers(cfg, run.run_dir, purge_step=state.epoch + 1 if cfg.resume else None,
+                       overrides=_task_overrides())
     if state.epoch >= t.epochs:
         log.warning("nothing to train: the run is at epoch %d and trainer.epochs=%d; raise trainer.epochs "
                     "(e.g. trainer.epochs=%d) to train longer", state.epoch, t.epochs, state.epoch + 10)
     tb.text("config", f"```\n{OmegaConf.to_yaml(run.plain_config)}```", state.epoch)  # the resolved config
     try:
-        stopped_by = _epochs(run, tb)
+        stopped_by = _epochs(run, tb, trial)
         if state.best_score is not None:  # the HPARAMS tab: settings beside the best metrics
             best = {f"hparams/best_{t.monitor.replace('/', '_')}": float(state.best_score),
                     "hparams/best_epoch": float(state.best_epoch or 0)}
             tb.hparams(run_hparams(run.plain_config, _task_overrides()), best, state.epoch)
+        status = "stopped" if stopped_by else "pruned" if trial and trial.pruned else "finished"
+        tb.finish(status, run.ckpt_dir / "best.pt")  # MLflow: FINISHED, or KILLED when stopped or pruned
     except TrainingDiverged as exc:  # nothing of the diverged epoch is saved, nor result.json written
         message = _diverged(run, exc)
         log.error("%s", message)
         raise TrainingDiverged(message, epoch=exc.epoch, step=exc.step) from None
     finally:
-        tb.close()
+        tb.close()  # a logger not finished above records the run as failed
     result = {"best_score": state.best_score if state.best_score is not None else math.nan,
               "best_epoch": state.best_epoch or 0, "epoch": state.epoch, "stopped_by": stopped_by, **state.metrics,
               # what seg.summary ranks and shows a run by
-              "status": "stopped" if stopped_by else "finished", "overrides": _task_overrides(),
+              "status": status, "overrides": _task_overrides(),
               "monitor": t.monitor, "monitor_mode": run.mode, "wall_s": round(time.monotonic() - began, 3),
               "run_dir": str(run.run_dir)}
-    (run.run_dir / "result.json").write_text(json.dumps(result, indent=1))
+    if run.dist.main:
+        (run.run_dir / "result.json").write_text(json.dumps(result, indent=1))
     best = (f"best {t.monitor}={state.best_score:.4f} at epoch {state.best_epoch}" if state.best_score is not None
             else "no validation yet")
     log.info("%s: %s; checkpoints in %s", f"stopped by {stopped_by}" if stopped_by else "done", best, run.ckpt_dir)
@@ -71,32 +81,37 @@ def _task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def _epochs(run: Run, tb: TensorBoardLogger) -> str | None:
+def _epochs(run: Run, tb: TensorBoardLogger, trial: TrialReporter | None = None) -> str | None:
     """The epochs left to train; returns the name of the signal that stopped them, if one did."""
     t, state = run.cfg.trainer, run.state
-    with GracefulStop() as stop:
+    with GracefulStop() as signalled:
+        stop = parallel.agreed(signalled, run.step.device)  # data-parallel: a signal to any process stops all
         for epoch in range(state.epoch + 1, t.epochs + 1):
             if stop():  # a signal during validation: last.pt is already written or about to be
-                _interrupted(run, stop.requested, epoch)
-                return stop.requested
+                _interrupted(run, signalled.requested, epoch)
+                return signalled.requested
             stats = _train_epoch(run, epoch, stop)
             state.samples_seen += stats.samples
             if stats.interrupted:
                 state.progress = stats.progress
+                run.train_metrics.sync(run.step.device)  # rank 0 keeps the sums of every process's part
                 state.progress.train_metrics = run.train_metrics.state_dict()
-                _interrupted(run, stop.requested, epoch)
-                return stop.requested
+                _interrupted(run, signalled.requested, epoch)
+                return signalled.requested
             state.progress = None
             state.epoch = epoch
+            stats.loss = parallel.mean_across(stats.loss, run.step.device)  # each process saw its shard
             _log_train(tb, run, stats, epoch)
             if run.scheduler is not None and not run.plateau:
                 run.scheduler.step()  # before validate() writes last.pt, so a resume starts at the next lr
             validated = epoch == 1 or epoch % max(1, t.val_every) == 0 or epoch == t.epochs
             if validated:
-                validate(run, tb, epoch)
+                validate(run, tb, epoch, trial)
             _summary(epoch, t.epochs, stats, state.metrics if validated else None, t.monitor)
             if t.early_stopping is not None and state.stale_validations >= t.early_stopping:
                 log.info("early stopping: %s has not improved for %d validations", t.monitor, t.early_stopping)
+                break
+            if trial is not None and trial.pruned:  # the search's pruner stopped it, after last.pt was written
                 break
             tb.flush()
     return None
@@ -119,21 +134,21 @@ def _diverged(run: Run, exc: TrainingDiverged) -> str:
     return f"{exc}. It stopped without saving that state ({saved}). Start a new run with {advice}"
 
 
-def _train_epoch(run: Run, epoch: int, stop: GracefulStop) -> EpochStats:
+def _train_epoch(run: Run, epoch: int, stop: Callable[[], bool]) -> EpochStats:
     """One epoch, or what is left of it when the run was interrupted in its middle."""
     t, progress = run.cfg.trainer, run.state.progress
     if progress is None or progress.epoch != epoch:
         progress = EpochProgress(epoch)
     run.train_loader.sampler.set_epoch(epoch, start=progress.samples)
     run.train_metrics.reset()
-    if progress.train_metrics:
+    if progress.train_metrics and run.dist.main:  # summed over the processes when saved
         run.train_metrics.load_state_dict(progress.train_metrics, run.step.device)
     if progress.samples:
         log.info("epoch %d: continuing after its first %d samples", epoch, progress.samples)
     stats = train_one_epoch(
         run.step_model, run.train_loader, run.loss_fn, run.optimizer, run.step, augment=run.augment,
         metrics=run.train_metrics, progress_every=t.progress_every, desc=f"epoch {epoch}/{t.epochs}",
-        should_stop=stop, start=progress,
+        should_stop=stop, start=progress, ema=run.ema, accumulate=t.accumulate_grad_batches, processes=run.dist.world,
     )  # fmt: skip
     # Every loss was finite, yet the last steps may have left nan weights (or batch-norm statistics):
     # found here, before validation scores them and a checkpoint could keep them.
@@ -152,18 +167,18 @@ def _interrupted(run: Run, signal_name: str | None, epoch: int) -> None:
                 f" and {done} samples of epoch {epoch}" if done else "", last)
 
 
-def validate(run: Run, tb: TensorBoardLogger, epoch: int) -> None:
+def validate(run: Run, tb: TensorBoardLogger, epoch: int, trial: TrialReporter | None = None) -> None:
     """Score the val split, log scalars and the fixed previews, step a plateau schedule, and write
     last.pt (and best.pt when the monitored metric improved)."""
     t, state = run.cfg.trainer, run.state
-    values = evaluate(run.step_model, run.val_loader, run.loss_fn, run.val_metrics, run.step)
+    values = evaluate(run.eval_model, run.val_loader, run.loss_fn, run.val_metrics, run.step)  # the EMA when on
     state.metrics = {f"val/{k}": float(v) for k, v in values.items()}
     tb.scalars(state.metrics, epoch)
     if not math.isfinite(state.metrics.get("val/loss", 0.0)):  # finite weights can still output inf/NaN
         raise TrainingDiverged(f"training diverged: the validation loss of epoch {epoch} is "
                                f"{state.metrics['val/loss']}, the model outputs non-finite values", epoch=epoch)
-    for split, preview in run.previews.items():
-        panels = preview.render(run.model, run.step)
+    for split, preview in run.previews.items() if run.dist.main else ():
+        panels = preview.render(run.saved_model, run.step)
         if panels is not None:
             tb.panels(f"{split}/overlay", panels, epoch, preview.names)
     # start_run checked that trainer.monitor is among these names
@@ -178,12 +193,16 @@ def validate(run: Run, tb: TensorBoardLogger, epoch: int) -> None:
     last = run.save("last.pt")  # first, recording the new best: seg/train/repair.py says why
     if improved:
         best = run.save_best(last)
-        log.info("new best %s=%.4f at epoch %d: %s sha256=%s", t.monitor, score, epoch, best, sha256(best))
+        if run.dist.main:
+            log.info("new best %s=%.4f at epoch %d: %s sha256=%s", t.monitor, score, epoch, best, sha256(best))
+    if trial is not None:  # an Optuna search's job: the epoch's value to its trial, which may prune it
+        trial.report(epoch, score)
 
 
 def _log_train(tb: TensorBoardLogger, run: Run, stats: EpochStats, epoch: int) -> None:
     values = {"train/loss": stats.loss, "lr": run.optimizer.param_groups[0]["lr"],
               "perf/images_per_second": stats.images_per_second, "perf/data_wait_fraction": stats.data_wait_fraction}
+    run.train_metrics.sync(run.step.device)
     values.update({f"train/{k}": v for k, v in run.train_metrics.compute().items() if k in ("dice", "iou")})
     tb.scalars(values, epoch)
     if stats.data_wait_fraction > 0.10 and stats.steps > 1:

@@ -28,8 +28,11 @@ INVOCATION_KEYS = ("resume", "run_dir")
 ROUTINE = ("trainer.epochs", "trainer.num_workers", "trainer.device", "trainer.progress_every", "trainer.pin_memory",
            "trainer.prefetch_factor", "trainer.early_stopping", "trainer.compile", "trainer.compile_backend",
            "trainer.cudnn_benchmark", "trainer.deterministic", "dataset.root", "dataset.cache_dir",
-           "inference")  # how seg-eval/seg-predict run the model later, not how it trains
+           "inference",  # how seg-eval/seg-predict run the model later, not how it trains
+           "logger", "search")  # where the curves go (logger=mlflow turned on), an Optuna trial's bookkeeping
 RUN_GROUPS = ("dataset", "model", "loss", "augmentation", "optimizer", "scheduler")
+_ABSENT = object()
+SINK_GROUPS = ("logger",)  # where a run's curves go, not how it trains: a resume may choose anew
 CHANGES_SHOWN = 4
 
 
@@ -93,8 +96,16 @@ def resumed_config(
     given = OmegaConf.create(composed)
     keys = [override_key(o) for o in overrides]
     merged = OmegaConf.create(stored)
+    # trainer keys added since the checkpoint was written (trainer.ema_decay, accumulate_grad_batches)
+    # take this seg's defaults, which do what the older seg did
+    for key, value in flatten(composed.get("trainer", {}), "trainer."):
+        if OmegaConf.select(merged, key, default=_ABSENT) is _ABSENT:
+            OmegaConf.update(merged, key, value, force_add=True)
     for key in (k for k in keys if k not in groups):
         OmegaConf.update(merged, key, OmegaConf.select(given, key), force_add=True)
+    for group in SINK_GROUPS:  # chosen on the command line, they take effect (logger=mlflow from here on)
+        if group in keys and group in composed:
+            merged[group] = composed[group]
     # The cache is this machine's (SEG_CACHE_DIR or dataset.cache_dir now), not the one that trained.
     # null (the default) means this machine's default_cache_dir(), so it is copied too.
     dataset = merged.get("dataset")

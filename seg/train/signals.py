@@ -1,4 +1,5 @@
-"""SIGINT/SIGTERM: finish the current step, save, and exit cleanly. A second signal stops at once."""
+"""SIGINT/SIGTERM, and SIGUSR1/SIGUSR2 that SLURM sends ahead of a time limit (`--signal`; submitit
+uses USR2): finish the current step, save, and exit cleanly. A second signal stops at once."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import signal
 import threading
 from types import FrameType
 from typing import Any
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class GracefulStop:
@@ -15,7 +18,7 @@ class GracefulStop:
 
     def __enter__(self) -> GracefulStop:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -255,8 +255,8 @@ def test_the_data_wait_warning_tells_a_slow_loader_from_a_slow_start(delays, ste
 
     logged = {}
     tb = SimpleNamespace(scalars=lambda values, epoch: logged.update(values))
-    run = SimpleNamespace(optimizer=optimizer, train_metrics=SimpleNamespace(compute=dict),
-                          train_loader=SimpleNamespace(num_workers=3))
+    run = SimpleNamespace(optimizer=optimizer, train_metrics=SimpleNamespace(compute=dict, sync=lambda device: None),
+                          train_loader=SimpleNamespace(num_workers=3), step=SimpleNamespace(device="cpu"))
     with caplog.at_level("WARNING", logger="seg"):
         _log_train(tb, run, stats, epoch=1)
     assert logged["perf/data_wait_fraction"] == stats.data_wait_fraction

@@ -27,9 +27,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-def resume(run: Path, overrides: list[str]) -> object:
+def resume(run: Path, overrides: list[str], groups: set[str] = GROUPS) -> object:
     """What seg-train does with `seg-train <overrides>`: compose them alone, then resumed_config."""
-    return resumed_config(compose_cfg(overrides), run, overrides, GROUPS)
+    return resumed_config(compose_cfg(overrides), run, overrides, groups)
 
 
 def test_the_stored_config_is_resumed_with_only_the_named_keys_changed(run: Path, caplog) -> None:
@@ -127,3 +127,30 @@ def test_a_loose_checkpoint_resumes_in_this_runs_folder_not_its_parents(run: Pat
     assert (other / "checkpoints" / "best.pt").read_bytes() == b"another run's checkpoint"
     assert sorted(p.name for p in (other / "checkpoints").iterdir()) == ["best.pt"]
     assert load_checkpoint(here / "checkpoints" / "last.pt")["epoch"] == 2
+
+
+def test_a_resume_may_choose_where_its_curves_go(run: Path, caplog) -> None:
+    """logger=mlflow on a resume takes effect (the logger is not how the run trains), unwarned."""
+    with caplog.at_level(logging.INFO, logger="seg"):
+        cfg = resume(run, ["resume=auto", "logger=mlflow"], groups={*GROUPS, "logger"})
+    assert cfg.logger._target_ == "seg.logger.mlflow_logger.MLflowLogger" and cfg.model.wf == 2
+    assert "logger._target_" in caplog.text and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_checkpoint_from_before_a_trainer_key_resumes_with_its_default(run: Path, tmp_path: Path) -> None:
+    """An older seg wrote no trainer.accumulate_grad_batches (or ema_decay): the default, which is what
+    that seg did, fills it in."""
+    import shutil
+
+    import torch
+
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    last = old / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    for key in ("accumulate_grad_batches", "ema_decay", "sync_batchnorm"):
+        del ckpt["config"]["trainer"][key]
+    torch.save(ckpt, last)
+    cfg = resume(old, [f"resume={last}"])
+    assert cfg.trainer.accumulate_grad_batches == 1 and cfg.trainer.ema_decay is None
+    assert cfg.trainer.sync_batchnorm is False and cfg.trainer.batch_size == 5  # the stored ones stay
