@@ -48,6 +48,7 @@ ADDED_LATER: dict[str, Any] = {
     "dataset.fold": 0,
     "scheduler.warmup_epochs": 0,  # poly had no warm-up (cosine always had the key)
     "scheduler.warmup_start_factor": None,  # the evenly spaced ramp cosine always used
+    "model.unfreeze_after": None,  # a frozen MobileNetV2 encoder stayed frozen
 }
 
 

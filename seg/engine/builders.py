@@ -113,7 +113,9 @@ def build_optimizer(node: DictConfig, model: torch.nn.Module, device: torch.devi
     """Only trainable parameters go to the optimizer (a frozen encoder stays out); fused kernels on
     CUDA where the optimizer has them."""
     factory = build(node, "optimizer")
-    params = [p for p in model.parameters() if p.requires_grad]
+    # a model that unfreezes layers later (MobileNetUNet.unfreeze_after) names what the optimizer holds
+    chosen = getattr(model, "optimizer_parameters", None)
+    params = chosen() if callable(chosen) else [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters (is everything frozen?)")
     return _call(factory, "optimizer", params, **fused_kwargs(factory, device))

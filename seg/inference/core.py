@@ -81,6 +81,8 @@ def for_inference(model_cfg: DictConfig) -> DictConfig:
         model_cfg.pretrained = None
     if model_cfg.get("freeze_encoder"):
         model_cfg.freeze_encoder = False
+    if model_cfg.get("unfreeze_after") is not None:
+        model_cfg.unfreeze_after = None
     return model_cfg
 
 

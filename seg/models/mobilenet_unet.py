@@ -34,6 +34,7 @@ class MobileNetUNet(nn.Module):
         n_classes: int,
         pretrained: str | None = None,
         freeze_encoder: bool = False,
+        unfreeze_after: int | None = None,
         decoder_channels: Sequence[int] = (512, 256, 128, 64),
         width_mult: float = 1.0,
     ) -> None:
@@ -74,6 +75,31 @@ class MobileNetUNet(nn.Module):
                 )
             self.encoder.requires_grad_(False)
             self.encoder.eval()
+        if unfreeze_after is not None and (isinstance(unfreeze_after, bool) or not isinstance(unfreeze_after, int)
+                                           or unfreeze_after < 1 or not self.freeze_encoder):
+            raise ConfigError(f"MobileNetUNet: unfreeze_after={unfreeze_after!r} must be a number of epochs >= 1 "
+                              "that the encoder stays frozen (with freeze_encoder=true), or null")
+        self.unfreeze_after = unfreeze_after
+
+    def optimizer_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer holds: the trainable parameters, and the frozen encoder's too when it is
+        unfrozen later (without gradients until then, the optimizer leaves them as they are)."""
+        later = self.unfreeze_after is not None
+        return [p for name, p in self.named_parameters() if p.requires_grad or (later and self._unfreezes(name))]
+
+    def _unfreezes(self, name: str) -> bool:
+        return name.startswith("encoder.") and not name.startswith("encoder.features.18.")  # 18: never used
+
+    def on_train_epoch(self, epoch: int) -> None:
+        """Before each training epoch: past `unfreeze_after` epochs the encoder trains too (its BatchNorm
+        statistics with it). A function of the epoch alone, so a resumed run unfreezes where it would have."""
+        if self.unfreeze_after is None or not self.freeze_encoder or epoch <= self.unfreeze_after:
+            return
+        for name, p in self.named_parameters():
+            if self._unfreezes(name):
+                p.requires_grad_(True)
+        self.freeze_encoder = False
+        self.train(self.training)
 
     def pretrained_modules(self) -> list[nn.Module]:
         """Modules whose loaded weights `init_weights` must not overwrite."""

@@ -140,6 +140,9 @@ def _train_epoch(run: Run, epoch: int, stop: Callable[[], bool]) -> EpochStats:
     if progress is None or progress.epoch != epoch:
         progress = EpochProgress(epoch)
     run.train_loader.sampler.set_epoch(epoch, start=progress.samples)
+    on_epoch = getattr(run.model, "on_train_epoch", None)  # MobileNetUNet: unfreeze the encoder after N epochs
+    if callable(on_epoch):
+        on_epoch(epoch)
     run.train_metrics.reset()
     if progress.train_metrics and run.dist.main:  # summed over the processes when saved
         run.train_metrics.load_state_dict(progress.train_metrics, run.step.device)

@@ -54,6 +54,10 @@ def wrap(model: nn.Module, t: DictConfig, d: Dist, device: torch.device) -> nn.M
     splits the graph at the gradient buckets. gradient_as_bucket_view: gradients are views into the
     all-reduce buckets, one copy and its memory fewer per step."""
     step_model = model
+    if d.enabled and getattr(model, "unfreeze_after", None) is not None:
+        raise ConfigError("model.unfreeze_after under torchrun: DDP fixes the trained parameters when it wraps the "
+                          "model, so an encoder unfrozen later would train without its gradients synchronised; "
+                          "train on one process, or with model.freeze_encoder=false from the start")
     if d.enabled:
         step_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,

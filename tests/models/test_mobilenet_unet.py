@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from seg.checkpoint import load_checkpoint
 from seg.errors import CheckpointError, ConfigError
 from seg.models import MobileNetUNet, init_weights
 from seg.models.mobilenetv2 import IMAGENET_URL, MobileNetV2Encoder
@@ -210,3 +211,46 @@ def test_init_weights_spares_the_pretrained_encoder(torchvision_file: Path, dono
 def test_bad_decoder_channels_raise_config_error(bad: tuple[int, ...]) -> None:
     with pytest.raises(ConfigError, match="decoder_channels must be 4 positive widths"):
         MobileNetUNet(in_channels=3, n_classes=1, decoder_channels=bad)
+
+
+def test_a_frozen_encoder_unfreezes_after_its_epochs(torchvision_file: Path) -> None:
+    model = MobileNetUNet(in_channels=3, n_classes=3, pretrained=str(torchvision_file), freeze_encoder=True,
+                          unfreeze_after=2, decoder_channels=SMALL)
+    encoder = {n for n, _ in model.named_parameters() if n.startswith("encoder.") and ".features.18." not in n}
+    held = {n for n, p in model.named_parameters() if any(p is q for q in model.optimizer_parameters())}
+    assert encoder <= held  # the optimizer holds them from the start, without gradients until then
+    model.train()
+    for epoch in (1, 2):
+        model.on_train_epoch(epoch)
+        assert not any(p.requires_grad for n, p in model.named_parameters() if n in encoder)
+        assert not model.encoder.training  # frozen BatchNorm statistics
+    model.on_train_epoch(3)
+    assert all(p.requires_grad for n, p in model.named_parameters() if n in encoder) and model.encoder.training
+    assert not any(p.requires_grad for p in model.encoder.features[18].parameters())  # unused, never trained
+
+
+@pytest.mark.filterwarnings("ignore:MobileNetUNet. freeze_encoder=True without pretrained")
+@pytest.mark.parametrize("settings", [{"unfreeze_after": 0, "freeze_encoder": True},
+                                      {"unfreeze_after": 2, "freeze_encoder": False},
+                                      {"unfreeze_after": True, "freeze_encoder": True}])
+def test_unfreeze_after_needs_a_frozen_encoder_and_a_count(settings: dict) -> None:
+    with pytest.raises(ConfigError, match="unfreeze_after"):
+        MobileNetUNet(in_channels=3, n_classes=1, decoder_channels=SMALL, **settings)
+
+
+def test_training_leaves_the_encoder_alone_until_it_unfreezes(torchvision_file: Path, tmp_path: Path) -> None:
+    from seg.train.fit import fit
+    from tests.tiny import compose_cfg
+
+    def encoder_after(epochs: int) -> dict[str, torch.Tensor]:
+        run = tmp_path / f"e{epochs}"
+        fit(compose_cfg(["model=mobilenet_unet", f"model.pretrained={torchvision_file}", "model.freeze_encoder=true",
+                         "model.unfreeze_after=1", "model.decoder_channels=[16,8,8,4]", f"trainer.epochs={epochs}"]),
+            run)
+        state = load_checkpoint(run / "checkpoints/last.pt")["model"]
+        return {k: v for k, v in state.items() if k.startswith("encoder.features.1.")}
+
+    start = MobileNetUNet(in_channels=3, n_classes=1, pretrained=str(torchvision_file)).encoder.state_dict()
+    one, two = encoder_after(1), encoder_after(2)
+    assert all(torch.equal(v, start[k.removeprefix("encoder.")]) for k, v in one.items())  # epoch 1: frozen
+    assert any(not torch.equal(v, one[k]) for k, v in two.items())  # epoch 2 trained it

@@ -43,6 +43,21 @@ def write_siim(root: Path, n: int = 10) -> Path:
     return root
 
 
+def write_pets_with_weights(root: Path) -> Path:
+    """The Pets tree, plus a stand-in for torchvision's mobilenet_v2-b0353104.pth beside it (its layout:
+    features.* and the classifier), since these machines cannot download the ImageNet weights."""
+    import torch
+
+    from seg.models.mobilenetv2 import MobileNetV2Encoder
+
+    write_pets(root)
+    torch.manual_seed(0)
+    state = {**MobileNetV2Encoder().state_dict(), "classifier.1.weight": torch.zeros(1000, 1280),
+             "classifier.1.bias": torch.zeros(1000)}
+    torch.save(state, root / "mobilenet_v2.pth")
+    return root
+
+
 def write_luna(root: Path) -> Path:
     write_release(root)  # 6 series of 24x48x48 voxels, 5 annotated
     return root
@@ -90,6 +105,14 @@ RECIPES = {
         write=write_pets, overrides=["experiment=pets_unet", "dataset.image_size=32", *SMALL_UNET, *SMALL],
         counts={"train": 9, "val": 1, "test": 3}, item_shape=(3, 32, 32),
         model="seg.models.UNet", loss="seg.losses.CELoss", monitor="val/iou",
+        keys=("val/iou_pet", "val/iou_background", "val/iou_border"),
+    ),
+    "pets_mobilenet": Recipe(
+        write=write_pets_with_weights,
+        overrides=["experiment=pets_mobilenet", "dataset.image_size=32",
+                   "model.pretrained=${dataset.root}/mobilenet_v2.pth", "model.decoder_channels=[16,8,8,4]", *SMALL],
+        counts={"train": 9, "val": 1, "test": 3}, item_shape=(3, 32, 32),
+        model="seg.models.MobileNetUNet", loss="seg.losses.CELoss", monitor="val/iou",
         keys=("val/iou_pet", "val/iou_background", "val/iou_border"),
     ),
     "siim_unet": Recipe(
