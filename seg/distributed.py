@@ -97,8 +97,8 @@ def join(device_kind: str) -> Dist:
         raise ConfigError(f"WORLD_SIZE={d.world} but MASTER_ADDR is not set: start the processes with torchrun "
                           "(torchrun --nproc_per_node=N -m seg.cli.train ...), which sets the rendezvous")
     backend = "nccl" if device_kind == "cuda" else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(d.local_rank)
+    if backend == "nccl":  # modulo: clusters that bind one GPU to each task show every task its "GPU 0"
+        torch.cuda.set_device(d.local_rank % max(1, torch.cuda.device_count()))
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=TIMEOUT_S))
     return d
 
@@ -136,6 +136,22 @@ def max_int(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
+def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0) -> None:
+    """Rank `src`'s tensors, in place, on every rank (BatchNorm statistics)."""
+    if not current().enabled:
+        return
+    for t in tensors:
+        dist.broadcast(t, src=src)
+
+
+def min_(tensors: list[torch.Tensor]) -> None:
+    """The smallest across ranks, in place (the first bad step any rank saw)."""
+    if not current().enabled:
+        return
+    for t in tensors:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+
+
 def sum_(tensors: list[torch.Tensor]) -> None:
     """Sum in place across ranks (metric counts)."""
     if not current().enabled:
@@ -147,3 +163,14 @@ def sum_(tensors: list[torch.Tensor]) -> None:
 def barrier() -> None:
     if current().enabled:
         dist.barrier()
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether `exc` is a collective failing because another process stopped (its own error is on the
+    console): gloo and NCCL report it as RuntimeError or torch's DistError."""
+    if not current().enabled:
+        return False
+    text = str(exc).lower()
+    return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(
+        word in text for word in ("gloo", "nccl", "connection closed", "connection reset", "timed out")))
+

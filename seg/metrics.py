@@ -189,9 +189,10 @@ class SegMetrics:
         present = ((tp + fp + fn) > 0).double()
         s["dice_image_sum"] += _mean_present(_scores(tp, fp, fn)["dice"], present).sum()
         self.n_images += int(tp.shape[0])
-        if loss is not None:
-            s["loss_sum"] += loss.detach().double().reshape(())
-            self.n_losses += 1
+        if loss is not None:  # weighted by the batch's images: a smaller last batch (or shard) counts less
+            images = int(tp.shape[0])
+            s["loss_sum"] += loss.detach().double().reshape(()) * images
+            self.n_losses += images
 
     def sync(self, device: torch.device) -> None:
         """Sum the counts of every process of a data-parallel run (each scored its own shard), so

@@ -118,7 +118,10 @@ def test_accumulation_equals_one_update_over_concatenation(
         split, whole = SegMetrics(n_classes), SegMetrics(n_classes)
         split.update(logits, mask, loss=torch.tensor(2.0))
         split.update(extra_logits, extra_mask, loss=torch.tensor(4.0))
-        whole.update(torch.cat([logits, extra_logits]), torch.cat([mask, extra_mask]), loss=torch.tensor(3.0))
+        # the loss is a mean over images: the concatenation's is the image-weighted mean of the two
+        b = logits.shape[0]
+        whole.update(torch.cat([logits, extra_logits]), torch.cat([mask, extra_mask]),
+                     loss=torch.tensor((2.0 * b + 4.0 * 3) / (b + 3), dtype=torch.float64))
         a, b = split.compute(), whole.compute()
         assert a.keys() == b.keys()
         for key in a:

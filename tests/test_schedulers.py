@@ -94,3 +94,14 @@ def test_raising_epochs_on_resume_replans_a_warmed_up_poly_schedule(tmp_path: Pa
     assert [v for _, v in curves[0]] == pytest.approx([LR * f for f in (0.25, 0.625, 1.0, 0.5 ** 0.9)], rel=1e-6)
     a, b = (load_checkpoint(tmp_path / d / "checkpoints" / "last.pt")["model"] for d in ("straight", "longer"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_warm_up_as_long_as_the_run_is_said(caplog) -> None:
+    import torch
+
+    from seg.engine.schedulers import poly
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with caplog.at_level("WARNING", logger="seg"):
+        poly(optimizer, epochs=2, warmup_epochs=5)
+    assert "the run ends during the warm-up" in caplog.text

@@ -1,12 +1,14 @@
 """seg-bench: `seg-bench [seg-train overrides ...] [--steps N] [--warmup N] [--json PATH]
 [--rounds N] [--cache-dir DIR] [--skip-reference] [--skip-eval] [--peak-size N]`, or
-`seg-bench --to-quality val/dice=0.9 [overrides ...] [--max-seconds S]`.
+`seg-bench --to-quality val/dice=0.9 [overrides ...] [--max-seconds S]`, or
+`seg-bench --nproc N [overrides ...] [--threads T]`.
 
 One process measures, for one training config: seg's training throughput, the tutorial-style
 reference loop's and their ratio, the data pipeline alone, data preparation (fresh cache, then
 reused), peak memory, FLOPs per image, achieved TFLOP/s and MFU against measured matmul peaks (fp32,
 and bf16 where native), and evaluation throughput. Prints a table and writes JSON. `--to-quality`
-times both loops, as processes, to a validation target instead (seg/bench/quality.py).
+times both loops, as processes, to a validation target instead (seg/bench/quality.py); `--nproc N`
+times the data-parallel training step in 1 and N processes (seg/bench/scaling.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from seg.bench.measure import interleaved, machine_info, memory_kind, split_step
 from seg.bench.peak import cpu_description, flops_figures, flops_rows
 from seg.bench.quality import format_quality_table, run_to_quality
 from seg.bench.reference import ReferenceRun
+from seg.bench.scaling import format_scaling_table, run_scaling
 from seg.bench.seg_path import SegRun
 from seg.cli.common import config_dir, describe_hydra_error, user_errors
 from seg.engine import builders
@@ -72,7 +75,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="with --to-quality: give up on a loop after this many seconds (reported as not "
                              "reached; default: no limit but trainer.epochs)")
+    parser.add_argument("--nproc", type=int, default=None,
+                        help="instead: time seg-train's data-parallel training step in 1 process and in N (started "
+                             "by torch.distributed.run; gloo on CPUs, nccl with one GPU per process), trainer."
+                             "batch_size per process; prints img/s per process, in total, and the scaling "
+                             "efficiency total_N / (N x total_1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="with --nproc: torch threads of every process, the 1-process run's too (default: "
+                             "this machine's CPUs // N)")
     args = parser.parse_intermixed_args(argv)
+    if args.nproc is not None and args.nproc < 1:
+        parser.error(f"--nproc must be >= 1 (processes, one GPU each on CUDA), got {args.nproc}")
+    if args.nproc is not None and args.to_quality is not None:
+        parser.error("--nproc and --to-quality are separate measurements: give one of them")
+    if args.threads is not None and (args.nproc is None or args.threads < 1):
+        parser.error(f"--threads needs --nproc and a value >= 1, got {args.threads}")
     if args.max_seconds is not None and not args.max_seconds > 0:
         parser.error(f"--max-seconds must be > 0, got {args.max_seconds:g}")
     if args.peak_size is not None and args.peak_size < 1:
@@ -247,7 +264,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             cfg = compose_config(args.overrides)
         except HydraException as exc:
             raise ConfigError(f"cannot compose the config from {args.overrides}: {describe_hydra_error(exc)}") from None
-        if args.to_quality is not None:
+        if args.nproc is not None:
+            device = builders.resolve_device(cfg.trainer.device)
+            machine = {**machine_info(device), "cpu": cpu_description()}  # the load before the runs
+            result = {**run_scaling(cfg, args.overrides, nproc=args.nproc, steps=args.steps, warmup=args.warmup,
+                                    sync_every=args.sync_every, threads=args.threads, work_parent=args.cache_dir),
+                      "machine": machine}
+            result["machine"]["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            print(format_scaling_table(result))
+        elif args.to_quality is not None:
             target = parse_target(args.to_quality)
             device = builders.resolve_device(cfg.trainer.device)
             machine = {**machine_info(device), "cpu": cpu_description()}
@@ -261,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                    skip_reference=args.skip_reference, skip_eval=args.skip_eval,
                                    cache_parent=args.cache_dir, sync_every=args.sync_every, peak_size=args.peak_size)
             print(format_table(result))
-        out = args.json or Path("to_quality.json" if args.to_quality is not None else "benchmark.json")
+        mode = "ddp_step" if args.nproc is not None else "to_quality" if args.to_quality is not None else "benchmark"
+        out = args.json or Path(f"{mode}.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
         print(f"wrote {out}", file=sys.stderr)

@@ -1,11 +1,12 @@
 """The `seg` side of the benchmark, built from the engine's own pieces in the order `fit` uses them:
 the same loader, `train_step` and metric accumulation, plus the progress bar's periodic read-back that
-`train_one_epoch` does."""
+`train_one_epoch` does. Given a process group (`dist`, seg-bench --nproc), also what a data-parallel
+seg-train adds: SyncBatchNorm, the DDP wrapper, this rank's shard and seed, the agreed stop check."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -13,32 +14,44 @@ from omegaconf import DictConfig
 
 from seg.bench.measure import StepTimes, count_train_flops, cycle, sync, time_steps
 from seg.data.base import SegDataModule
+from seg.distributed import Dist
 from seg.engine import builders
 from seg.engine.loop import StepSettings, evaluate, to_device, train_step
 from seg.engine.seeding import seed_everything
 from seg.metrics import SegMetrics, per_image_stats
+from seg.train import parallel
+from seg.train.signals import GracefulStop
 
 
 class SegRun:
     """Model, loss, augmentation, optimizer and loaders of a seg-train run, ready to time."""
 
-    def __init__(self, cfg: DictConfig, data: SegDataModule, device: torch.device) -> None:
+    def __init__(self, cfg: DictConfig, data: SegDataModule, device: torch.device, *, dist: Dist | None = None) -> None:
         t = cfg.trainer
         self.cfg, self.t, self.data, self.device = cfg, t, data, device
+        self.dist = dist or Dist()
         builders.set_determinism(bool(t.deterministic), bool(t.cudnn_benchmark), device)
         self.amp = builders.build_amp(str(t.precision), device)
         self.channels_last = builders.resolve_channels_last(t.channels_last, self.amp)
         self.settings = StepSettings(device, self.amp, self.channels_last, t.grad_clip_norm, t.grad_clip_value)
         seed_everything(cfg.seed)
         self.model = builders.build_model(cfg.model, t.weight_init).to(device)
+        if dist is not None:  # as seg/train/run.py: SyncBatchNorm before the optimizer sees the parameters
+            self.model = parallel.prepare(self.model, t, dist, device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = builders.build_module(cfg.loss, "loss").to(device)
         self.augment = builders.build_module(cfg.augmentation, "augmentation").to(device)
         self.optimizer = builders.build_optimizer(cfg.optimizer, self.model, device)
         self.metrics = SegMetrics(n_classes=data.n_classes, class_names=data.class_names)
-        self.step_model = torch.compile(self.model, backend=t.compile_backend) if t.compile else self.model
+        self.step_model = parallel.wrap(self.model, t, self.dist, device)  # one process: compiled or as it is
         self.train_ds = data.dataset("train")
+        self._stop: Callable[[], bool] | None = None
+        if dist is not None:
+            parallel.check_shards(len(self.train_ds), t)  # as seg-train: every process needs training samples
+            # seg-train's step loop asks the processes, every progress_every steps, whether any got a stop signal
+            self._stop = parallel.agreed(GracefulStop(), device, every=t.progress_every)
+            parallel.seed_rank(cfg.seed, dist)
         self._total = torch.zeros((), device=device, dtype=torch.float64)
         self._steps = 0
         self._batches: Iterator[dict[str, Any]] | None = None
@@ -49,6 +62,7 @@ class SegRun:
         loader = builders.build_loader(
             self.train_ds, batch_size=t.batch_size, num_workers=t.num_workers, device=self.device,
             shuffle_seed=self.cfg.seed, drop_last=True, pin_memory=t.pin_memory, prefetch_factor=t.prefetch_factor,
+            rank=self.dist.rank, world=self.dist.world,
         )  # fmt: skip
 
         def epoch_loader(epoch: int) -> Any:
@@ -74,6 +88,8 @@ class SegRun:
         self._batches = self.batches()
 
     def step(self) -> int:
+        if self._stop is not None:
+            self._stop()
         return self.train_step(next(self._batches))
 
     def close(self) -> None:

@@ -17,7 +17,6 @@ Any failure in here stops the command: Hydra would only warn and go on writing.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from omegaconf import DictConfig, open_dict, read_write
 from seg import distributed
 from seg.cli.common import fail, user_errors, user_message
 from seg.errors import ConfigError, SegError
+from seg.overrides import quoted
 from seg.train.plan import StartFailed, continues_its_run, plan_run
 
 
@@ -83,10 +83,6 @@ class RunDirGuard(Callback):
         # the same folder (since resumed, or not) are on the leaderboard but not this command's failure.
         self.sweep_started = time.time()
         self._guarded(_settle_sweep, config)
-        if distributed.env_dist().enabled:  # every process would run the whole sweep
-            fail("seg-train", "--multirun under torchrun would run the whole sweep in every process: start each "
-                 "run with torchrun, or sweep with hydra/launcher=slurm (or submitit_local), whose jobs start one "
-                 "process per GPU (hydra.launcher.tasks_per_node)")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Hydra calls this after the last job (not after a job's bug or a signal, which end the command
@@ -144,18 +140,22 @@ def _settle_sweep(config: DictConfig) -> None:
     since Hydra composes each job's config afresh from the master config's overrides. A folder named
     on the command line is used as named, but a new sweep there must not rewrite an earlier sweep's
     job records; a resumed sweep (resume=auto) records each job's invocation beside the original."""
+    if distributed.env_dist().enabled:  # every process would run the whole sweep; refused before any folder
+        raise ConfigError("--multirun under torchrun would run the whole sweep in every process: start each run "
+                          "with torchrun, or sweep with hydra/launcher=slurm (or submitit_local), whose jobs start "
+                          "one process per GPU (hydra.launcher.tasks_per_node)")
     with read_write(config.hydra), open_dict(config.hydra):
         _name_jobs_by_swept_keys(config)
         if not _chosen(config, "hydra.sweep.dir"):
             claimed = _claim(Path(str(config.hydra.sweep.dir)))
             config.hydra.sweep.dir = str(claimed)
-            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(str(claimed))}")
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted(str(claimed))}")
             return
         sweep = Path(str(config.hydra.sweep.dir))
         if config.get("resume"):
             subdir = f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}"
             config.hydra.output_subdir = subdir
-            config.hydra.overrides.hydra.append(f"hydra.output_subdir={_quoted(subdir)}")
+            config.hydra.overrides.hydra.append(f"hydra.output_subdir={quoted(subdir)}")
             return
         earlier = sorted(p.relative_to(sweep) for p in sweep.glob("*/checkpoints/*.pt"))
         if earlier:
@@ -180,7 +180,7 @@ def _name_jobs_by_swept_keys(config: DictConfig) -> None:
     keys = list(dict.fromkeys([*naming.exclude_keys, *fixed]))
     naming.exclude_keys = keys
     config.hydra.overrides.hydra.append(
-        f"hydra.job.config.override_dirname.exclude_keys=[{','.join(_quoted(k) for k in keys)}]")
+        f"hydra.job.config.override_dirname.exclude_keys=[{','.join(quoted(k) for k in keys)}]")
 
 
 def _settle_ranks(config: DictConfig, record: StartRecord) -> None:
@@ -194,7 +194,11 @@ def _settle_ranks(config: DictConfig, record: StartRecord) -> None:
         return
     from seg.engine.builders import resolve_device
 
-    distributed.join(resolve_device(str(config.trainer.device)).type)
+    device = resolve_device(str(config.trainer.device))
+    if device.index is not None:  # every rank refuses alike, before any joins the group
+        raise ConfigError(f"trainer.device={device} under torchrun: each process takes the GPU of its LOCAL_RANK; "
+                          "use trainer.device=auto or cuda")
+    distributed.join(device.type)
     if d.main:
         try:
             _settle_run(config, record)
@@ -252,14 +256,6 @@ def _missing(folder: Path) -> list[Path]:
 def _chosen(config: DictConfig, key: str) -> bool:
     """Whether the command line set `key` (a folder the user named is used as named)."""
     return any(o.split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
-
-
-def _quoted(value: str) -> str:
-    """A string value for Hydra's override grammar: always quoted (bare `null`, `10` or `1_000` would
-    be read as other types)."""
-    # Inside quotes a backslash is an escape only before a quote (or the closing one).
-    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value).replace("'", "\\'")
-    return f"'{escaped}'"
 
 
 def _claim(folder: Path) -> Path:

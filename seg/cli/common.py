@@ -17,6 +17,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 import seg.config  # noqa: F401  (registers schemas and resolvers before Hydra composes)
 from seg.cli.hydra_messages import describe_hydra_error, hydra_errors
 from seg.errors import EXIT_USER_ERROR, SegError
+from seg.overrides import PATH_KEYS, quote_paths
 from seg.stored import config_dir
 
 log = logging.getLogger("seg")
@@ -70,6 +71,7 @@ def command(prog: str) -> Iterator[None]:
     logger after a stop: they stay off unless the user asks for them with TORCH_LOGS."""
     if not os.environ.get("TORCH_LOGS"):
         logging.getLogger("torch").setLevel(logging.WARNING)
+    sys.argv[1:] = quote_paths(sys.argv[1:], PATH_KEYS.get(prog, ()))  # sweep job folders hold `=` and `,`
     with interrupts(prog), user_errors(prog), hydra_errors(prog):
         yield
 

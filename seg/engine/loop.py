@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from seg import distributed
 from seg.engine.amp import Amp
 from seg.engine.ema import ModelEma
 from seg.engine.state import EpochProgress
@@ -103,7 +104,9 @@ class FiniteWatch:
 
     def check(self) -> None:
         """Raise TrainingDiverged naming the first bad step, if there was one (one host read)."""
-        loss_step, grad_step = torch.stack([self._loss, self._grad]).tolist()
+        first = torch.stack([self._loss, self._grad])
+        distributed.min_([first])  # data-parallel: every rank stops at the same check, on any rank's bad step
+        loss_step, grad_step = first.tolist()
         step = min(loss_step, grad_step)
         if step == NEVER:
             return

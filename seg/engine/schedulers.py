@@ -6,10 +6,13 @@ optimizer and the number of epochs, so a schedule never needs the epoch count wr
 
 from __future__ import annotations
 
+import logging
 import math
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
+
+log = logging.getLogger("seg")
 
 
 def plateau(
@@ -27,12 +30,15 @@ def plateau(
     )
 
 
-def _check_warmup(warmup_epochs: int, start_factor: float | None) -> None:
+def _check_warmup(warmup_epochs: int, start_factor: float | None, epochs: int) -> None:
     if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs}")
     if start_factor is not None and (isinstance(start_factor, bool) or not 0 < start_factor <= 1):
         raise ValueError(f"warmup_start_factor must be in (0, 1] (the share of the lr the first epoch trains "
                          f"with) or null, got {start_factor}")
+    if warmup_epochs >= epochs > 0:
+        log.warning("scheduler.warmup_epochs=%d with trainer.epochs=%d: the run ends during the warm-up, never at "
+                    "the full lr nor decaying; lower warmup_epochs", warmup_epochs, epochs)
 
 
 def _ramp(epoch: int, warmup_epochs: int, start: float | None) -> float:
@@ -56,7 +62,7 @@ def cosine(
     """Linear warm-up, then cosine from the full lr to min_lr over the remaining epochs."""
     if min_lr < 0 or (isinstance(warmup_epochs, (int, float)) and warmup_epochs < 0):
         raise ValueError(f"warmup_epochs and min_lr must be >= 0, got {warmup_epochs} and {min_lr}")
-    _check_warmup(warmup_epochs, warmup_start_factor)
+    _check_warmup(warmup_epochs, warmup_start_factor, epochs)
     base = [g["lr"] for g in optimizer.param_groups]
     ratio = [min_lr / b if b > 0 else 0.0 for b in base]
 
@@ -82,7 +88,7 @@ def poly(
     """Linear warm-up (none by default), then lr * (1 - progress)^power over the remaining epochs."""
     if power <= 0:
         raise ValueError(f"power must be > 0, got {power}")
-    _check_warmup(warmup_epochs, warmup_start_factor)
+    _check_warmup(warmup_epochs, warmup_start_factor, epochs)
 
     def factor(epoch: int) -> float:
         if epoch < warmup_epochs:

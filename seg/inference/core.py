@@ -11,6 +11,7 @@ beyond rounding: docs/benchmarks.md).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,10 +47,17 @@ def output_dir(ckpt: Path, kind: str, name: str) -> Path:
 
 
 def ensemble_output_dir(ckpts: Sequence[Path], kind: str, name: str) -> Path:
-    """Where a command writes for an ensemble by default: `<common folder>/ensemble-<kind>/<name>`, the
-    common folder of the members' runs (a sweep's folder for its jobs' checkpoints)."""
+    """Where a command writes for an ensemble by default: `<common folder>/ensemble-<kind>/<name>-<8 hex>`,
+    the common folder of the members' runs (a sweep's folder for its jobs' checkpoints); the hex digits
+    name the set of members, so another ensemble of the same sweep gets its own folder. Members with no
+    common folder but the file system's root or the home folder: out_dir= must say where."""
     runs = [c.parent.parent if c.parent.name == "checkpoints" else c.parent for c in ckpts]
-    return Path(os.path.commonpath([str(r.absolute()) for r in runs])) / f"ensemble-{kind}" / name
+    common = Path(os.path.commonpath([str(r.absolute()) for r in runs]))
+    if common in (Path(common.anchor), Path.home()):
+        raise ConfigError(f"the ensemble's members share no folder but {common}: give the folder to write to "
+                          "with out_dir=PATH")
+    members = hashlib.sha1("\n".join(sorted(str(c.absolute()) for c in ckpts)).encode()).hexdigest()[:8]
+    return common / f"ensemble-{kind}" / f"{name}-{members}"
 
 
 def stored_config(ckpt: dict[str, Any], dataset_overrides: Any, path: Path, allowed_targets: Sequence[str] = (),

@@ -46,19 +46,26 @@ def ensemble_paths(ckpt: Any, members: str | None) -> list[Path] | None:
         paths = [Path(str(p)).expanduser() for p in ckpt]
         if not paths:
             raise ConfigError("ckpt=[] names no checkpoint; give ckpt=PATH, ckpt=[a.pt,b.pt] or ckpt=FOLDER")
-        seen: dict[Any, Path] = {}
-        for path in paths:  # a member averaged twice would silently weigh double
-            twin = seen.setdefault(_identity(path), path)
-            if twin is not path:
-                same = f"lists {path} twice" if twin == path else f"names one file twice ({twin} and {path}: a " \
-                    "run's best.pt is a hard link to its last.pt when the last epoch was the best)"
-                raise ConfigError(f"ckpt {same}; each checkpoint is one member of the ensemble")
+        _refuse_twins(paths)
         return paths
     path = Path(str(ckpt)).expanduser()
     if path.is_dir():
         return select(path, members)
     _only_for_folders(members, "a checkpoint file")
     return None
+
+
+def _refuse_twins(paths: Sequence[Path]) -> None:
+    """A member averaged twice would silently weigh double: one file under two names (a hard link, a
+    copy of a run folder made with `cp -al`) is refused; byte-identical copies are caught by their
+    sha256 when the members load."""
+    seen: dict[Any, Path] = {}
+    for path in paths:
+        twin = seen.setdefault(_identity(path), path)
+        if twin is not path:
+            same = f"lists {path} twice" if twin == path else f"names one file twice ({twin} and {path}: a " \
+                "run's best.pt is a hard link to its last.pt when the last epoch was the best)"
+            raise ConfigError(f"ckpt {same}; each checkpoint is one member of the ensemble")
 
 
 def _identity(path: Path) -> Any:
@@ -81,17 +88,39 @@ def run_folder(ckpt: Path) -> Path:
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
+def _best_checkpoints(folder: Path) -> list[Path]:
+    """Every checkpoints/best.pt below `folder`, following linked run folders (a sweep assembled from
+    links to runs elsewhere), each real folder once: a link loop ends where it started."""
+    found, visited = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        here = Path(root)
+        try:
+            info = here.stat()
+        except OSError:
+            dirs[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in visited:
+            dirs[:] = []
+            continue
+        visited.add((info.st_dev, info.st_ino))
+        if here.name == "checkpoints" and "best.pt" in files and (here / "best.pt").is_file():
+            found.append(here / "best.pt")
+    return found
+
+
 def select(folder: Path, members: str | None) -> list[Path]:
     """Every `checkpoints/best.pt` below `folder` whose run folder's path below `folder` matches the
     glob `members` (fnmatch: `*` matches any text, `/` too), sorted by path; one line if none does."""
-    found = sorted(p for p in folder.rglob("best.pt") if p.parent.name == "checkpoints" and p.is_file())
+    found = sorted(_best_checkpoints(folder))
     if not found:
         raise ConfigError(f"ckpt={folder}: no checkpoints/best.pt below it; give a folder of seg-train runs (a "
                           "sweep's folder) or the checkpoint files as ckpt=[a.pt,b.pt]")
     if members is None:
+        _refuse_twins(found)
         return found
     names = {p: run_folder(p).relative_to(folder).as_posix() for p in found}
     chosen = [p for p in found if fnmatch.fnmatchcase(names[p], members)]
+    _refuse_twins(chosen)
     if not chosen:
         shown = ", ".join(list(names.values())[:5]) + (" ..." if len(names) > 5 else "")
         raise ConfigError(f"ckpt={folder} members={members!r}: none of the {len(found)} run folder(s) with a "
@@ -131,10 +160,15 @@ def load_members(paths: Sequence[Path], inference: Any, build: Callable[[dict[st
     first member whose FIELDS differ from the first's. Only the built members stay in memory."""
     members: list[T] = []
     first: dict[str, Any] = {}
+    digests: dict[str, int] = {}
     for k, path in enumerate(paths, 1):
         if path.suffix.lower() == ".onnx":
             raise ConfigError(f"ensemble member {k} ({path}) is an .onnx file; an ensemble averages seg-train "
                               "checkpoints run in PyTorch: give its .pt checkpoint")
+        twin = digests.setdefault(sha256(path), k)
+        if twin != k:  # a copied run folder: the same weights would count twice
+            raise ConfigError(f"ensemble member {k} ({path}) is a byte-identical copy of member {twin} "
+                              f"({paths[twin - 1]}); each checkpoint is one member: leave the copy out")
         ckpt = load_checkpoint(path)
         # Compared before the model is built (a model of other classes would not take the first one's
         # place); a stored config that is no mapping is left to `build`, which says what is wrong with it.

@@ -12,15 +12,21 @@ sqlite:///<folder>/mlflow.db` opens it with no server to set up; nothing lands i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from seg.errors import ConfigError
+
+try:  # POSIX; elsewhere a sweep's parallel jobs should log to a tracking server
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 from seg.logger.hparams import run_hparams
 
 log = logging.getLogger("seg")
@@ -103,11 +109,15 @@ class MLflowLogger:
         self._pending: list[Any] = []  # Metric entities since the last flush
         self._ended, self._warned = False, False
         experiment = experiment_name or default_experiment(config)
+        # A tracking server that does not answer: a few seconds and one line, not urllib3's minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         try:
-            self.client = mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri)
-            location = artifact_location_for(artifact_location, self.tracking_uri, experiment)
-            experiment_id = self._experiment(experiment, location)
-            self.run_id = self._open_run(experiment_id, run_name or self.run_dir.name, resuming, overrides)
+            with _store_lock(self.tracking_uri):  # parallel sweep jobs: one creates a new store's tables
+                self.client = mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri)
+                location = artifact_location_for(artifact_location, self.tracking_uri, experiment)
+                experiment_id = self._experiment(experiment, location)
+                self.run_id = self._open_run(experiment_id, run_name or self.run_dir.name, resuming, overrides)
             self._log_params(run_hparams(config, overrides))
             self.client.log_dict(self.run_id, dict(config), "config.yaml")
         except Exception as exc:  # MLflow's, SQLAlchemy's or the network's: one line, where to look
@@ -179,8 +189,9 @@ class MLflowLogger:
         self.scalars(metrics, step)
 
     def flush(self) -> None:
-        """Send the buffered scalars in one batch; on failure keep them for the next flush and warn once."""
-        if not self._pending:
+        """Send the buffered scalars in one batch. After a failure the store is left alone for the rest of
+        the run (each call to a server that went away would wait for its timeout): one warning."""
+        if not self._pending or self._warned:
             return
         try:
             for i in range(0, len(self._pending), 10 * BATCH):
@@ -197,7 +208,7 @@ class MLflowLogger:
             return
         self.flush()
         best = Path(best_checkpoint) if best_checkpoint is not None else None
-        if self.log_checkpoint and best is not None and best.is_file():
+        if self.log_checkpoint and best is not None and best.is_file() and not self._warned:
             try:
                 self.client.log_artifact(self.run_id, str(best), artifact_path="checkpoints")
             except Exception as exc:
@@ -212,6 +223,8 @@ class MLflowLogger:
 
     def _end(self, status: str) -> None:
         self._ended = True
+        if self._warned:
+            return
         try:
             self.client.set_tag(self.run_id, "seg.status", status)
             self.client.set_terminated(self.run_id, STATUSES.get(status, "FAILED"))
@@ -224,3 +237,21 @@ class MLflowLogger:
             log.warning("MLflow: %s (%s) in %s; training goes on, TensorBoard has everything", what, reason[:200],
                         self.tracking_uri)
         self._warned = True
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside an SQLite store while a run opens it: jobs of a parallel sweep that open
+    a new store at once would race in creating its tables (Alembic's migrations), and one would fail."""
+    if not uri.startswith("sqlite:///") or fcntl is None:
+        yield
+        return
+    lock = Path(uri[len("sqlite:///"):]).with_name(Path(uri).name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+

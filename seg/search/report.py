@@ -72,13 +72,17 @@ def trial_reporter(cfg: DictConfig, mode: str) -> TrialReporter | None:
     if db is not None and not db.is_file():  # Optuna would create an empty database there
         raise ConfigError(f"search.storage={url}: no such database (moved with its sweep folder?); give its "
                           "new place as search.storage=sqlite:///PATH, or search.trial=null to train without it")
-    storage = optuna.storages.get_storage(url)
     try:
+        storage = optuna.storages.get_storage(url)
         study_id = storage.get_study_id_from_name(name)
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
     except KeyError:
         raise ConfigError(f"search.storage={url} holds no trial {number} of a study {name!r}; set "
                           "search.trial=null to train without reporting to a study") from None
+    except Exception as exc:  # not a database, an unknown URL scheme: SQLAlchemy's or Optuna's own error
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConfigError(f"search.storage={url} cannot be used ({reason[:200]}); expected the Optuna database "
+                          "of the search this run belongs to, or search.trial=null to train without it") from None
     state = storage.get_trial(trial_id).state
     if state.is_finished():
         log.warning("Optuna trial %d of %r has already ended (%s): this run does not report to it", number, name,

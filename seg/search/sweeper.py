@@ -95,7 +95,21 @@ class OptunaSweeper(Sweeper):
         return returns
 
     def _study(self, optuna: Any, sweep_dir: Path) -> tuple[Any, str]:
-        """Create the study, or load it for resume=auto; refuse to start a new search over an old one."""
+        """Create the study, or load it for resume=auto; a storage that cannot be opened (not a database,
+        an unknown URL scheme, a folder that does not exist) is one line naming it."""
+        try:
+            return self._open_study(optuna, sweep_dir)
+        except ConfigError:
+            raise
+        except Exception as exc:  # SQLAlchemy's, Optuna's or the file system's
+            url = self.storage or f"sqlite:///{sweep_dir / DB_NAME}"
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise ConfigError(f"the Optuna storage {url} cannot be used ({reason[:200]}); expected an Optuna "
+                              "database (an SQLite file it made, or a database URL): choose another "
+                              "hydra.sweep.dir or hydra.sweeper.storage") from None
+
+    def _open_study(self, optuna: Any, sweep_dir: Path) -> tuple[Any, str]:
+        """_study's work; refuses to start a new search over an old one."""
         assert self.config is not None
         db = sweep_dir / DB_NAME
         url = self.storage or f"sqlite:///{db}"

@@ -12,10 +12,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from seg import distributed
 from seg.checkpoint import sha256
 from seg.engine.loop import EpochStats, evaluate, nonfinite_weights, train_one_epoch
 from seg.engine.state import EpochProgress
-from seg.errors import TrainingDiverged
+from seg.errors import SegError, TrainingDiverged
 from seg.logger.build import build_loggers
 from seg.logger.hparams import run_hparams
 from seg.logger.tensorboard import TensorBoardLogger
@@ -37,7 +38,8 @@ def fit(cfg: DictConfig, plan: RunPlan | Path) -> dict[str, Any]:
     run = start_run(cfg, plan)
     plan.started = True
     t, state = cfg.trainer, run.state
-    trial = trial_reporter(cfg, run.mode)  # a job of an Optuna search: its trial (seg/search/report.py)
+    # a job of an Optuna search: its trial (seg/search/report.py); data-parallel, rank 0 reports for all
+    trial = parallel.search_trial(cfg, run.mode, trial_reporter)
     # TensorBoard, plus MLflow with logger=mlflow (seg/logger/build.py)
     tb = build_loggers(cfg, run.run_dir, purge_step=state.epoch + 1 if cfg.resume else None,
                        overrides=_task_overrides())
@@ -46,7 +48,7 @@ def fit(cfg: DictConfig, plan: RunPlan | Path) -> dict[str, Any]:
                     "(e.g. trainer.epochs=%d) to train longer", state.epoch, t.epochs, state.epoch + 10)
     tb.text("config", f"```\n{OmegaConf.to_yaml(run.plain_config)}```", state.epoch)  # the resolved config
     try:
-        stopped_by = _epochs(run, tb, trial)
+        stopped_by = _epochs_or_lost_peer(run, tb, trial)
         if state.best_score is not None:  # the HPARAMS tab: settings beside the best metrics
             best = {f"hparams/best_{t.monitor.replace('/', '_')}": float(state.best_score),
                     "hparams/best_epoch": float(state.best_epoch or 0)}
@@ -73,6 +75,18 @@ def fit(cfg: DictConfig, plan: RunPlan | Path) -> dict[str, Any]:
     return result
 
 
+def _epochs_or_lost_peer(run: Run, tb: TensorBoardLogger, trial: Any) -> str | None:
+    """_epochs; data-parallel, a collective that fails because another process stopped becomes one line
+    (that process's own error is on the console), so a sweep job records it as failed."""
+    try:
+        return _epochs(run, tb, trial)
+    except RuntimeError as exc:
+        if not distributed.lost_peer(exc):
+            raise
+        raise SegError(f"rank {run.dist.rank}: another process of this run stopped ({str(exc).splitlines()[0][:200]});"
+                       " its error is above") from None
+
+
 def _task_overrides() -> list[str]:
     """This invocation's command-line overrides (a sweep job's own combination among them); none when
     fit is called outside Hydra (tests, scripts)."""
@@ -85,7 +99,8 @@ def _epochs(run: Run, tb: TensorBoardLogger, trial: TrialReporter | None = None)
     """The epochs left to train; returns the name of the signal that stopped them, if one did."""
     t, state = run.cfg.trainer, run.state
     with GracefulStop() as signalled:
-        stop = parallel.agreed(signalled, run.step.device)  # data-parallel: a signal to any process stops all
+        # data-parallel: a signal to any process stops all, after the same step
+        stop = parallel.agreed(signalled, run.step.device, every=t.progress_every)
         for epoch in range(state.epoch + 1, t.epochs + 1):
             if stop():  # a signal during validation: last.pt is already written or about to be
                 _interrupted(run, signalled.requested, epoch)
@@ -155,6 +170,8 @@ def _train_epoch(run: Run, epoch: int, stop: Callable[[], bool]) -> EpochStats:
     )  # fmt: skip
     # Every loss was finite, yet the last steps may have left nan weights (or batch-norm statistics):
     # found here, before validation scores them and a checkpoint could keep them.
+    # data-parallel: rank 0's BatchNorm statistics everywhere, so every rank checks, scores and saves one model
+    parallel.sync_buffers(run.model, run.ema.module if run.ema is not None else None)
     bad = nonfinite_weights(run.model)
     if bad:
         raise TrainingDiverged(f"training diverged: the model's weights became nan or inf during epoch {epoch} "
@@ -166,8 +183,8 @@ def _interrupted(run: Run, signal_name: str | None, epoch: int) -> None:
     last = run.save("last.pt")
     done = run.state.progress.samples if run.state.progress is not None else 0
     log.warning("%s received during epoch %d: saved %s (after epoch %d%s). Continue exactly from there "
-                "with: seg-train resume=%s", signal_name or "A stop request", epoch, last, run.state.epoch,
-                f" and {done} samples of epoch {epoch}" if done else "", last)
+                "with: %s", signal_name or "A stop request", epoch, last, run.state.epoch,
+                f" and {done} samples of epoch {epoch}" if done else "", parallel.resume_command(last))
 
 
 def validate(run: Run, tb: TensorBoardLogger, epoch: int, trial: TrialReporter | None = None) -> None:

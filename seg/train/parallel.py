@@ -20,6 +20,7 @@ from seg import distributed
 from seg.distributed import Dist
 from seg.engine.seeding import rng_state, seed_everything, set_rng_state
 from seg.errors import CheckpointError, ConfigError
+from seg.overrides import shell_arg
 from seg.train.signals import GracefulStop
 
 log = logging.getLogger("seg")
@@ -28,10 +29,10 @@ log = logging.getLogger("seg")
 def rank_device(device: torch.device, d: Dist) -> torch.device:
     """One GPU per process: LOCAL_RANK picks it (trainer.device=auto/cuda); CPUs are shared."""
     if d.enabled and device.type == "cuda":
-        if device.index not in (None, d.local_rank):
+        if device.index is not None:  # refused on every rank alike, so none waits for the others
             raise ConfigError(f"trainer.device={device} under torchrun: each process takes the GPU of its "
                               "LOCAL_RANK; use trainer.device=auto or cuda")
-        return torch.device("cuda", d.local_rank)
+        return torch.device("cuda", d.local_rank % max(1, torch.cuda.device_count()))
     return device
 
 
@@ -103,14 +104,21 @@ def restore_rng(ckpt: dict[str, Any], path: Path) -> None:
             seed_everything(int(torch.initial_seed()) + d.rank)
 
 
-def agreed(stop: GracefulStop, device: torch.device) -> Callable[[], bool]:
+def agreed(stop: GracefulStop, device: torch.device, every: int = 1) -> Callable[[], bool]:
     """`stop()` for the step loop: alone, the signal this process received; data-parallel, a signal any
-    process received, so all stop after the same step (one small all-reduce per step) and rank 0
-    names the signal in its log and exit code."""
+    process received, so all stop after the same step and rank 0 names the signal in its log and exit
+    code. The processes compare notes on every `every`-th call only (trainer.progress_every, where the
+    loop reads the device anyway): each comparison is an all-reduce and a host read, which on a GPU
+    would stop the host from queueing the next step while this one runs."""
     if not distributed.current().enabled:
         return stop
+    calls = 0
 
     def check() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls % max(1, every):
+            return False
         mine = signal.Signals[stop.requested].value if stop.requested else 0
         seen = distributed.max_int(mine, device)
         if seen and stop.requested is None:
@@ -127,3 +135,64 @@ def mean_across(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     distributed.sum_([t])
     return float(t.item()) / distributed.current().world
+
+
+class SharedTrial:
+    """A data-parallel search job's Optuna trial: rank 0 alone reports to the study (one writer), and
+    every rank learns its verdict, so all stop after the same validation when it is pruned."""
+
+    def __init__(self, trial: Any) -> None:
+        self.trial, self.pruned = trial, False
+
+    def report(self, epoch: int, value: float) -> bool:
+        verdict = self.trial.report(epoch, value) if self.trial is not None else False
+        self.pruned = bool(distributed.broadcast(verdict))
+        return self.pruned
+
+
+def search_trial(cfg: DictConfig, mode: str, build: Callable[[DictConfig, str], Any]) -> Any:
+    """The trial a run reports to (seg.search.report.trial_reporter builds it), shared by the ranks."""
+    if not distributed.current().enabled:
+        return build(cfg, mode)
+    search = cfg.get("search")
+    if not isinstance(search, DictConfig) or search.get("trial") is None:
+        return None
+    return SharedTrial(build(cfg, mode) if distributed.current().main else None)
+
+
+def sync_buffers(*modules: nn.Module | None) -> None:
+    """Rank 0's BatchNorm statistics on every rank before validation: DDP broadcasts them before each
+    training forward, but each rank's last step then updates its own, so without this the ranks
+    would score different models (and not the one rank 0 saves)."""
+    if not distributed.current().enabled:
+        return
+    for module in modules:
+        if module is not None:
+            distributed.broadcast_tensors([b for b in module.buffers() if b.is_floating_point()])
+
+
+def check_shards(n_train: int, t: DictConfig) -> None:
+    """Every process needs training samples: a split smaller than the processes would train nothing."""
+    world = distributed.current().world
+    if n_train < world:
+        raise ConfigError(f"the training split has {n_train} item(s) for {world} processes; each process needs at "
+                          "least one (start fewer processes, or use more data)")
+    if n_train < world * t.batch_size:
+        log.warning("the training split (%d items) is smaller than one step of %d processes x trainer.batch_size=%d:"
+                    " each process trains on %d item(s) an epoch", n_train, world, t.batch_size, n_train // world)
+
+
+def resume_command(last: Path) -> str:
+    """The command that continues a stopped run exactly: a sweep job's is its sweep's; under torchrun,
+    with as many processes. Quoted so that it runs as printed (job folders hold `=` and `,`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep = shell_arg("hydra.sweep.dir", str(HydraConfig.get().sweep.dir))
+        return f"the sweep's own command plus {sweep} resume=auto"
+    resume, d = shell_arg("resume", str(last)), distributed.current()
+    if d.enabled:
+        return f"torchrun --nproc_per_node={d.world} -m seg.cli.train {resume} (as many processes as now)"
+    return f"seg-train {resume}"
+

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from seg.allowlist import safe_stored_config
+from seg.config import TrainerConfig
 from seg.errors import CheckpointError, ConfigError
 from seg.stored import require_complete
 from seg.train.plan import RunPlan, plan_run
@@ -97,10 +98,14 @@ def resumed_config(
     keys = [override_key(o) for o in overrides]
     merged = OmegaConf.create(stored)
     # trainer keys added since the checkpoint was written (trainer.ema_decay, accumulate_grad_batches)
-    # take this seg's defaults, which do what the older seg did
-    for key, value in flatten(composed.get("trainer", {}), "trainer."):
-        if OmegaConf.select(merged, key, default=_ABSENT) is _ABSENT:
-            OmegaConf.update(merged, key, value, force_add=True)
+    # take the schema's defaults (not a recipe's), which do what the older seg did
+    defaults = dict(flatten(OmegaConf.to_container(OmegaConf.structured(TrainerConfig), enum_to_str=True), "trainer."))
+    added = [key for key in defaults if OmegaConf.select(merged, key, default=_ABSENT) is _ABSENT]
+    for key in added:
+        OmegaConf.update(merged, key, defaults[key], force_add=True)
+    if added:
+        log.info("resume: %s stored no %s (an older seg): the defaults, which do what it did", path.name,
+                 ", ".join(added))
     for key in (k for k in keys if k not in groups):
         OmegaConf.update(merged, key, OmegaConf.select(given, key), force_add=True)
     for group in SINK_GROUPS:  # chosen on the command line, they take effect (logger=mlflow from here on)

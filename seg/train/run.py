@@ -142,6 +142,7 @@ def start_run(cfg: DictConfig, plan: RunPlan) -> Run:
         _check_same_split(plan.run_dir / "split.json", split)
         _warn_provenance(plan, provenance["data"], split)
     train_ds, val_ds = data.dataset("train"), data.dataset("val")
+    parallel.check_shards(len(train_ds), t)
     model = parallel.prepare(builders.build_model(cfg.model, t.weight_init).to(device), t, d, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -222,7 +222,8 @@ def test_a_sweep_folder_and_a_member_with_another_test_split(sweep: Path, tmp_pa
     with caplog.at_level(logging.WARNING, logger="seg"):
         report = run_eval(eval_cfg(ckpt=str(folder), overlays="none"))
     assert [m["name"] for m in report["members"]] == ["0_seed=1", "1_seed=2"]
-    assert (folder / "ensemble-eval" / "test" / "ensemble.csv").is_file()  # the runs' common folder
+    (written,) = (folder / "ensemble-eval").glob("test-*/ensemble.csv")  # the runs' common folder, per set
+    assert len(written.parent.name) == len("test-") + 8
     warned = [r.getMessage() for r in caplog.records if "ensemble member 2" in r.getMessage()]
     assert len(warned) == 1 and "its test split" in warned[0] and "1 of them among its train/val cases" in warned[0]
     assert "the ensemble's masks are not post-processed (best.postprocess.json was tuned for" in caplog.text
@@ -242,7 +243,7 @@ def test_predict_writes_the_thresholded_mean_of_the_members(sweep: Path, tmp_pat
     cfg = OmegaConf.merge(OmegaConf.structured(PredictConfig),
                           {"device": "cpu", "ckpt": [str(p) for p in paths], "input": str(tmp_path / "in")})
     result = run_predict(cfg)
-    out = sweep / "ensemble-predictions" / "in"  # the members' common folder
+    (out,) = (sweep / "ensemble-predictions").glob("in-*")  # the members' common folder, per set of members
     assert result["n_images"] == 3 and result["out_dir"] == str(out)
     probs = averaged(paths, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
     for i in range(3):
@@ -252,3 +253,25 @@ def test_predict_writes_the_thresholded_mean_of_the_members(sweep: Path, tmp_pat
     assert [m["checkpoint"] for m in listed] == [str(p.resolve()) for p in paths]
     with pytest.raises(ConfigError, match=r"ensemble member 2 \(m.onnx\) is an .onnx file"):
         run_predict(OmegaConf.merge(cfg, {"ckpt": [str(paths[0]), "m.onnx"]}))
+
+
+def test_copies_links_and_homeless_sets_of_members(sweep: Path, tmp_path: Path) -> None:
+    """A copied run counts once or is refused; linked runs are found; no default folder at / or ~."""
+    import shutil
+
+    folder = tmp_path / "runs"
+    shutil.copytree(sweep, folder / "real", symlinks=True)
+    (folder / "linked").symlink_to(sweep, target_is_directory=True)  # the same runs again, through a link
+    with pytest.raises(ConfigError, match="byte-identical copy of member 1"):
+        run_eval(eval_cfg(ckpt=str(folder), overlays="none"))
+    only_links = tmp_path / "links"
+    only_links.mkdir()
+    (only_links / "sweep").symlink_to(sweep, target_is_directory=True)
+    from seg.inference.ensemble import ensemble_paths
+
+    assert len(ensemble_paths(str(only_links), None)) == 2  # found through the link
+    from seg.inference.core import ensemble_output_dir
+
+    with pytest.raises(ConfigError, match="out_dir=PATH"):
+        ensemble_output_dir([Path("/tmp/a/checkpoints/best.pt"), Path("/var/b/checkpoints/best.pt")], "eval", "test")
+

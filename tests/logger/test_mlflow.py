@@ -176,3 +176,26 @@ def test_tracking_uris_and_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert tracking_uri_for(None, run_dir) == "http://team:5000"
     assert mlflow_key("val/dice_left lung") == "val/dice_left lung" and mlflow_key("val/dice_a+b") == "val/dice_a_b"
     assert mlflow_key("/x//../y") == "x/__/y"
+
+
+def _open_store(store: str, run_dir: str) -> None:
+    """A job of a parallel sweep: opens the sweep's store (new: its tables are created by the first)."""
+    Path(run_dir).mkdir(parents=True)
+    logger = MLflowLogger(run_dir=run_dir, config={"dataset": {"_target_": "x.SyntheticData"}}, tracking_uri=store)
+    logger.finish("finished")
+
+
+def test_parallel_jobs_opening_one_new_store_all_get_their_run(tmp_path: Path) -> None:
+    import multiprocessing
+
+    store = str(tmp_path / "sweep" / "mlflow.db")
+    context = multiprocessing.get_context("fork")
+    jobs = [context.Process(target=_open_store, args=(store, str(tmp_path / "sweep" / f"{n}_seed={n}")))
+            for n in range(3)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=120)
+    assert [job.exitcode for job in jobs] == [0, 0, 0]  # without the lock, one lost the race for the tables
+    runs = client(store).search_runs([client(store).get_experiment_by_name("seg-synthetic").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["0_seed=0", "1_seed=1", "2_seed=2"]

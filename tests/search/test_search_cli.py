@@ -111,3 +111,11 @@ def test_a_mistyped_search_key_stops_before_a_study_exists(tmp_path: Path) -> No
     assert_user_error(bad, "trainer.batch_sise")
     assert not (tmp_path / "S" / "optuna.db").exists()
 
+
+
+def test_a_damaged_study_database_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "S").mkdir()
+    (tmp_path / "S" / "optuna.db").write_text("not a database")
+    proc = run("seg-train", *SEARCH, "hydra.sweeper.n_trials=1", "resume=auto", cwd=tmp_path)
+    assert_user_error(proc, "the Optuna storage sqlite:///", "cannot be used", "file is not a database")
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -77,6 +77,48 @@ def test_two_processes_train_the_weights_one_process_trains_with_their_global_ba
     assert ckpt["world_size"] == 2 and len(ckpt["rank_rng"]) == 2 and ckpt["samples_seen"] == 16
 
 
+def test_with_batchnorm_every_rank_validates_the_model_rank_0_saves(tmp_path: Path) -> None:
+    """DDP broadcasts BatchNorm statistics before each training forward, but each rank's last step updates
+    its own: they are made rank 0's before validation, so the logged metrics are those of the checkpoint."""
+    args = [*EXACT, "model.batch_norm=true", "dataset.n_images=30", "trainer.epochs=2", "trainer.batch_size=4"]
+    two = _run(_torchrun([*args, "hydra.run.dir=bn"]), tmp_path)
+    assert two.returncode == 0, _why(two)
+    ev = _run([sys.executable, "-m", "seg.cli.evaluate", f"ckpt={tmp_path / 'bn/checkpoints/last.pt'}", "split=val",
+               f"out_dir={tmp_path / 'ev'}"], tmp_path)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    logged = json.loads((tmp_path / "bn/result.json").read_text())
+    scored = json.loads((tmp_path / "ev/metrics.json").read_text())
+    for key in ("dice", "iou", "loss"):  # 3 validation images: shards of 2 and 1, weighted by image
+        assert scored[key] == pytest.approx(logged[f"val/{key}"], abs=1e-6), key
+
+
+def test_a_divergence_one_rank_sees_stops_every_rank_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject/sitecustomize.py").write_text(  # rank 1 alone sees a nan loss from epoch 2 on
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    from seg.engine import loop\n"
+        "    update = loop.FiniteWatch.update\n"
+        "    def nan_update(self, loss, grad_norm=None, scaled=False):\n"
+        "        update(self, loss * float('nan') if self.epoch >= 2 else loss, grad_norm, scaled)\n"
+        "    loop.FiniteWatch.update = nan_update\n")
+    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(tmp_path / "inject"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(_torchrun([*EXACT, "trainer.epochs=3", "trainer.batch_size=4", "hydra.run.dir=d"]),
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert "seg-train: error: training diverged: the loss was not finite (nan or inf) at epoch 2" in proc.stderr
+    assert "/seg/" not in "".join(line for line in proc.stderr.splitlines() if line.lstrip().startswith("File "))
+    assert load_checkpoint(tmp_path / "d/checkpoints/last.pt")["epoch"] == 1  # the diverged epoch is not saved
+
+
+def test_a_multirun_under_torchrun_is_refused_before_any_folder(tmp_path: Path) -> None:
+    env = {**_env(), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    proc = subprocess.run([sys.executable, "-m", "seg.cli.train", "-m", *EXACT, "seed=1,2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--multirun under torchrun" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_accumulated_batches_make_the_step_of_one_larger_batch(tmp_path: Path) -> None:
     from seg.train.fit import fit
 
@@ -128,6 +170,7 @@ def test_sigterm_to_one_process_stops_both_and_the_resume_is_exact(tmp_path: Pat
     assert proc.returncode != 0  # unfinished, for the scheduler
     log = (tmp_path / "r/train.log").read_text()
     assert "SIGTERM received during epoch" in log  # rank 0 saved, stopped by rank 1's signal
+    assert "torchrun --nproc_per_node=2 -m seg.cli.train resume=" in log  # the exact resume's command
     stopped = load_checkpoint(tmp_path / "r/checkpoints/last.pt")
     assert stopped["epoch"] < 6 and stopped["world_size"] == 2
     resumed = _run(_torchrun([*run, "resume=auto", "hydra.run.dir=r"]), tmp_path)
