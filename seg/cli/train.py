@@ -69,6 +69,15 @@ def _train(cfg: DictConfig) -> float:
     main_rank = distributed.env_dist().main
     if not main_rank and hc.mode == RunMode.MULTIRUN:
         distributed.quiet_log_file()  # Hydra opened the job's train.log in every task; rank 0 writes it
+    try:
+        return _train_job(cfg, hc, main_rank)
+    finally:
+        # The process group goes before the interpreter does: left to exit, its threads can abort the
+        # process ("terminate called without an active exception"), which torchrun reports as a failure.
+        distributed.leave()
+
+
+def _train_job(cfg: DictConfig, hc: Any, main_rank: bool) -> float:
     if hc.mode == RunMode.MULTIRUN:
         # One bad combination of a sweep is reported, and the other jobs still run.
         began = time.monotonic()
