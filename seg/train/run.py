@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,11 @@ def start_run(cfg: DictConfig, plan: RunPlan) -> Run:
         _warn_provenance(plan, provenance["data"], split)
     train_ds, val_ds = data.dataset("train"), data.dataset("val")
     parallel.check_shards(len(train_ds), t)
-    model = parallel.prepare(builders.build_model(cfg.model, t.weight_init).to(device), t, d, device)
+    with warnings.catch_warnings():
+        if plan.resuming:  # the frozen encoder's weights come from the checkpoint, not from `pretrained`
+            warnings.filterwarnings("ignore", message=".*freeze_encoder=True without pretrained weights")
+        model = builders.build_model(cfg.model, t.weight_init)
+    model = parallel.prepare(model.to(device), t, d, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = builders.build_optimizer(cfg.optimizer, model, device)

@@ -254,3 +254,24 @@ def test_training_leaves_the_encoder_alone_until_it_unfreezes(torchvision_file: 
     one, two = encoder_after(1), encoder_after(2)
     assert all(torch.equal(v, start[k.removeprefix("encoder.")]) for k, v in one.items())  # epoch 1: frozen
     assert any(not torch.equal(v, one[k]) for k, v in two.items())  # epoch 2 trained it
+
+
+def test_resuming_a_frozen_pretrained_run_says_nothing_of_a_random_encoder(torchvision_file: Path,
+                                                                            tmp_path: Path) -> None:
+    import warnings
+
+    from seg.train.fit import fit
+    from seg.train.resume import resumed_config
+    from tests.tiny import compose_cfg
+
+    args = ["model=mobilenet_unet", f"model.pretrained={torchvision_file}", "model.freeze_encoder=true",
+            "model.decoder_channels=[16,8,8,4]", "trainer.epochs=1"]
+    fit(compose_cfg(args), tmp_path / "r")
+    overrides = [f"resume={tmp_path / 'r/checkpoints/last.pt'}", "trainer.epochs=2"]
+    cfg = resumed_config(compose_cfg(overrides), tmp_path / "r", overrides, {"model", "dataset"})
+    assert cfg.model.pretrained is None and cfg.model.freeze_encoder  # weights from the checkpoint, still frozen
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fit(cfg, tmp_path / "r")
+    assert not [w for w in seen if "random encoder" in str(w.message)]
+    assert load_checkpoint(tmp_path / "r/checkpoints/last.pt")["epoch"] == 2
