@@ -212,7 +212,7 @@ def _damage(path: Path) -> str | None:
                 except zipfile.BadZipFile as exc:
                     kind = "CRC mismatch" if "CRC" in str(exc) else f"bad entry: {exc}"
                     return f"{kind} in member {info.filename}"
-    # RuntimeError also covers NotImplementedError: a member in a compression zipfile cannot read
+    # RuntimeError also covers the "not implemented" error a member of a compressed zipfile raises
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):
         return None
     return None
