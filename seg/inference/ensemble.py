@@ -154,9 +154,9 @@ def signature(stored: Mapping[str, Any], how: Inference) -> dict[str, Any]:
             "crop_size": dataset.get("crop_size"), "inference": how}
 
 
-def load_members(paths: Sequence[Path], inference: Any, build: Callable[[dict[str, Any], Path], T], *,
+def load_members(paths: Sequence[Path], inference: Any, build: Callable[[dict[str, Any], Path, str], T], *,
                  tta: bool = False) -> list[T]:
-    """`build(checkpoint, path)` for each member in turn (it checks the stored config), refusing the
+    """`build(checkpoint, path, sha256)` for each member in turn (it checks the stored config), refusing the
     first member whose FIELDS differ from the first's. Only the built members stay in memory."""
     members: list[T] = []
     first: dict[str, Any] = {}
@@ -165,7 +165,8 @@ def load_members(paths: Sequence[Path], inference: Any, build: Callable[[dict[st
         if path.suffix.lower() == ".onnx":
             raise ConfigError(f"ensemble member {k} ({path}) is an .onnx file; an ensemble averages seg-train "
                               "checkpoints run in PyTorch: give its .pt checkpoint")
-        twin = digests.setdefault(sha256(path), k)
+        digest = sha256(path)  # read once: `build` gets it too
+        twin = digests.setdefault(digest, k)
         if twin != k:  # a copied run folder: the same weights would count twice
             raise ConfigError(f"ensemble member {k} ({path}) is a byte-identical copy of member {twin} "
                               f"({paths[twin - 1]}); each checkpoint is one member: leave the copy out")
@@ -181,7 +182,7 @@ def load_members(paths: Sequence[Path], inference: Any, build: Callable[[dict[st
                 raise ConfigError(f"ensemble member {k} ({path}) differs from member 1 ({paths[0]}) in {key}: "
                                   f"{show(mine[key])} vs {show(first[key])}; an ensemble's members must share "
                                   "classes, input channels, image size and inference settings")
-        members.append(build(ckpt, path))
+        members.append(build(ckpt, path, digest))
         del ckpt
     return members
 

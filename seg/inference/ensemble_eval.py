@@ -23,7 +23,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from seg.checkpoint import sha256
 from seg.config import INFERENCE_BATCH_SIZE
 from seg.engine import builders
 from seg.engine.amp import Amp
@@ -92,14 +91,14 @@ class Member:
         return self.collector.values(raw) if self.collector is not None else raw
 
 
-def _member(cfg: DictConfig, ckpt: dict[str, Any], path: Path) -> Member:
+def _member(cfg: DictConfig, ckpt: dict[str, Any], path: Path, digest: str) -> Member:
     train_cfg = stored_config(ckpt, cfg.dataset, path, cfg.allowed_targets)
     how = resolve_inference(cfg.get("inference"), ckpt["config"])
     loaded = load_model(ckpt, path, train_cfg, device=cfg.device, precision=cfg.precision)
     settings = loaded.settings
     forward = InferredLogits(loaded.model, settings.amp, how, settings.channels_last) if how.sliding else loaded.model
     loss_fn = builders.build_module(train_cfg.loss, "loss").to(settings.device)
-    return Member(path, sha256(path), ckpt.get("epoch"), dict(ckpt.get("provenance") or {}), train_cfg, how,
+    return Member(path, digest, ckpt.get("epoch"), dict(ckpt.get("provenance") or {}), train_cfg, how,
                   forward, settings, loss_fn)
 
 
@@ -124,7 +123,7 @@ def run_ensemble_eval(cfg: DictConfig, paths: Sequence[Path]) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else ensemble_output_dir(paths, "eval", str(cfg.split))
     outputs = OutputFolder(out_dir, "seg-eval")
     outputs.claim([*REPORTS, *FILES])  # before the evaluation: a file of the user's in the way fails at once
-    members = load_members(paths, cfg.get("inference"), lambda ckpt, path: _member(cfg, ckpt, path))
+    members = load_members(paths, cfg.get("inference"), lambda ckpt, path, digest: _member(cfg, ckpt, path, digest))
     first = members[0]
     log.info("seg-eval: an ensemble of %d checkpoints, %s", len(members), first.how.describe())
     trainer = first.train_cfg.get("trainer", {})

@@ -125,7 +125,7 @@ def load_ensemble(cfg: DictConfig, paths: list[Path]) -> Predictor:
     """Each member's predictor (checked alike: seg.inference.ensemble); their mean probabilities are
     thresholded as one model's, not post-processed (a .postprocess.json is tuned for its checkpoint alone)."""
     alone = OmegaConf.merge(cfg, {"postprocess": False})
-    members = load_members(paths, cfg.get("inference"), lambda ckpt, path: load_predictor(alone, ckpt, path),
+    members = load_members(paths, cfg.get("inference"), lambda ckpt, path, _digest: load_predictor(alone, ckpt, path),
                            tta=bool(cfg.tta))
     if cfg.postprocess:
         note_postprocess(paths, "seg-predict")
