@@ -246,7 +246,8 @@ def _store_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///") or fcntl is None:
         yield
         return
-    lock = Path(uri[len("sqlite:///"):]).with_name(Path(uri).name + ".lock")
+    db = Path(uri[len("sqlite:///"):])
+    lock = db.with_name(db.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
