@@ -148,6 +148,16 @@ def test_ph2_segnet_recipe_matches_the_notebook() -> None:
     assert cfg.trainer.batch_size == 32 and cfg.trainer.epochs == 30 and cfg.seed == 42
 
 
+
+def test_pets_unet_recipe_has_its_measured_defaults() -> None:
+    """The settings docs/recipes.md measured (and the YAML header justifies), composed as documented."""
+    cfg = compose_train(["experiment=pets_unet", "dataset.root=/data"])
+    assert cfg.model._target_ == "seg.models.UNet" and (cfg.model.depth, cfg.model.wf) == (4, 4)
+    assert cfg.loss._target_ == "seg.losses.DiceCELoss" and not cfg.scheduler  # constant lr
+    assert (cfg.trainer.batch_size, cfg.trainer.epochs, cfg.trainer.ema_decay) == (8, 20, 0.99)
+    assert cfg.optimizer.lr == pytest.approx(1e-3) and cfg.trainer.monitor == "val/iou"
+    assert (cfg.dataset.image_size, cfg.dataset.n_classes, cfg.augmentation.hflip_p) == (128, 3, 0.5)
+
 def test_eval_config_composes() -> None:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
         cfg = compose(config_name="eval", overrides=["ckpt=x.pt", "+dataset.root=/data", "split=val"])

@@ -104,7 +104,7 @@ RECIPES = {
     "pets_unet": Recipe(
         write=write_pets, overrides=["experiment=pets_unet", "dataset.image_size=32", *SMALL_UNET, *SMALL],
         counts={"train": 9, "val": 1, "test": 3}, item_shape=(3, 32, 32),
-        model="seg.models.UNet", loss="seg.losses.CELoss", monitor="val/iou",
+        model="seg.models.UNet", loss="seg.losses.DiceCELoss", monitor="val/iou",
         keys=("val/iou_pet", "val/iou_background", "val/iou_border"),
     ),
     "pets_mobilenet": Recipe(
