@@ -95,3 +95,34 @@ def test_two_processes_sum_their_metrics_into_the_one_process_values(tmp_path: P
         seen = torch.load(tmp_path / f"seen.{rank}", weights_only=False)
         assert seen["n_images"] == 4 and seen["metrics"] == pytest.approx(alone.compute(), abs=1e-12)
         assert seen["broadcast"] == "from 0" and seen["gather"] == [0, 10] and seen["max"] == 15
+
+
+@pytest.mark.parametrize(("world", "worker"), [(None, False), ("1", False), ("", False), ("2", True), ("8", True)])
+def test_a_worker_is_one_of_several_processes(monkeypatch: pytest.MonkeyPatch, world: str | None, worker: bool) -> None:
+    if world is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world)
+    assert distributed.is_worker() is worker
+
+
+@pytest.mark.parametrize(("code", "status", "stderr"),
+                         [(None, 0, ""), (0, 0, ""), (3, 3, ""), ("bad input", 1, "bad input")])
+def test_exit_worker_keeps_the_status_and_flushes_the_log(tmp_path: Path, code, status: int, stderr: str) -> None:
+    """os._exit skips the interpreter's teardown (and so its flushing): the log file and the buffered
+    console must still hold everything written before."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, sys\n"
+        f"logging.basicConfig(filename={str(tmp_path / 'run.log')!r}, level=logging.INFO)\n"
+        "logging.getLogger('seg').info('last line')\n"
+        "sys.stdout.write('unflushed')\n"
+        "from seg import distributed\n"
+        f"distributed.exit_worker({code!r})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == status and proc.stdout == "unflushed"
+    assert proc.stderr.strip() == stderr
+    assert (tmp_path / "run.log").read_text().strip().endswith("last line")

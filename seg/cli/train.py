@@ -72,8 +72,8 @@ def _train(cfg: DictConfig) -> float:
     try:
         return _train_job(cfg, hc, main_rank)
     finally:
-        # The process group goes before the interpreter does: left to exit, its threads can abort the
-        # process ("terminate called without an active exception"), which torchrun reports as a failure.
+        # The process group goes while every rank is still here; main() then ends a torchrun worker
+        # without the interpreter's teardown, where gloo's leftover threads could abort it.
         distributed.leave()
 
 
@@ -128,8 +128,18 @@ def _record_failure(cfg: DictConfig, hc: Any, reason: str, wall_s: float) -> Non
 def main() -> None:
     # A signal before training or a second one during it; the task's SegError. A sweep's failed jobs are
     # reported, exit 2, by the run-folder guard's on_multirun_end, from the sweep's leaderboard.
-    with command(PROG):
-        _train()
+    from seg import distributed
+
+    if not distributed.is_worker():
+        with command(PROG):
+            _train()
+        return
+    try:
+        with command(PROG):
+            _train()
+    except SystemExit as exc:  # user errors and signals end here, with their status
+        distributed.exit_worker(exc.code)
+    distributed.exit_worker(0)
 
 
 if __name__ == "__main__":
