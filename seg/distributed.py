@@ -10,6 +10,7 @@ import datetime
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -114,12 +115,25 @@ def is_worker() -> bool:
     return os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1")
 
 
+def run_entry(entry: Callable[[], None]) -> None:
+    """A command's entry point; as a torchrun worker, it then ends through `exit_worker` with the
+    status the entry gave (sys.exit's, or 0)."""
+    if not is_worker():
+        entry()
+        return
+    try:
+        entry()
+    except SystemExit as exc:  # user errors and signals end here, with their status
+        exit_worker(exc.code)
+    exit_worker(0)
+
+
 def exit_worker(code: int | str | None) -> NoReturn:
     """End a data-parallel process without the interpreter's teardown. After DDP, gloo's worker threads
     outlive destroy_process_group (torch 2.13 keeps the group referenced from C++), and tearing them
     down with the interpreter aborted the process ("terminate called without an active exception")
     in about 1 of 40 two-process runs here, which torchrun reports as a failed run. Everything seg
-    writes is closed by now; the logs and the console are flushed first."""
+    writes is closed by then; the logs and the console are flushed first."""
     if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, status 1
         print(code, file=sys.stderr)
         code = 1

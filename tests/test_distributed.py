@@ -126,3 +126,19 @@ def test_exit_worker_keeps_the_status_and_flushes_the_log(tmp_path: Path, code, 
     assert proc.returncode == status and proc.stdout == "unflushed"
     assert proc.stderr.strip() == stderr
     assert (tmp_path / "run.log").read_text().strip().endswith("last line")
+
+
+@pytest.mark.parametrize(("world", "body", "status", "after"),
+                         [("2", "pass", 0, False), ("2", "sys.exit(2)", 2, False), ("1", "pass", 0, True)])
+def test_run_entry_ends_a_worker_with_the_entrys_status(world: str, body: str, status: int, after: bool) -> None:
+    """A torchrun worker never returns from run_entry (its teardown is skipped); one process returns."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom seg import distributed\n"
+              f"def entry():\n    {body}\n"
+              "distributed.run_entry(entry)\nprint('after')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "WORLD_SIZE": world})
+    assert proc.returncode == status, proc.stderr
+    assert ("after" in proc.stdout) is after

@@ -75,4 +75,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    distributed.run_entry(main)  # a torchrun worker skips the teardown where gloo's threads can abort it

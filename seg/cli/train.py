@@ -130,16 +130,11 @@ def main() -> None:
     # reported, exit 2, by the run-folder guard's on_multirun_end, from the sweep's leaderboard.
     from seg import distributed
 
-    if not distributed.is_worker():
+    def entry() -> None:
         with command(PROG):
             _train()
-        return
-    try:
-        with command(PROG):
-            _train()
-    except SystemExit as exc:  # user errors and signals end here, with their status
-        distributed.exit_worker(exc.code)
-    distributed.exit_worker(0)
+
+    distributed.run_entry(entry)
 
 
 if __name__ == "__main__":
