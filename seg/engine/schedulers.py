@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
@@ -50,6 +51,20 @@ def _ramp(epoch: int, warmup_epochs: int, start: float | None) -> float:
     return start + (1 - start) * epoch / warmup_epochs
 
 
+def _warmed(decay: Callable[[float], float], warmup_epochs: int, start: float | None,
+            epochs: int) -> Callable[[int], float]:
+    """An epoch's lr factor: the warm-up ramp, then `decay(progress)` with progress going from 0 at the
+    first full-lr epoch to 1 at the last epoch (held at 1 after it)."""
+    span = max(1, epochs - warmup_epochs)
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup_epochs:
+            return _ramp(epoch, warmup_epochs, start)
+        return decay(min(1.0, (epoch - warmup_epochs) / span))
+
+    return factor
+
+
 def cosine(
     optimizer: Optimizer,
     *,
@@ -66,14 +81,10 @@ def cosine(
     base = [g["lr"] for g in optimizer.param_groups]
     ratio = [min_lr / b if b > 0 else 0.0 for b in base]
 
-    def factor(epoch: int, floor: float) -> float:
-        if epoch < warmup_epochs:
-            return _ramp(epoch, warmup_epochs, warmup_start_factor)
-        span = max(1, epochs - warmup_epochs)
-        progress = min(1.0, (epoch - warmup_epochs) / span)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    def decay(floor: float) -> Callable[[float], float]:
+        return lambda progress: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return LambdaLR(optimizer, [lambda e, f=f: factor(e, f) for f in ratio])
+    return LambdaLR(optimizer, [_warmed(decay(f), warmup_epochs, warmup_start_factor, epochs) for f in ratio])
 
 
 def poly(
@@ -90,9 +101,5 @@ def poly(
         raise ValueError(f"power must be > 0, got {power}")
     _check_warmup(warmup_epochs, warmup_start_factor, epochs)
 
-    def factor(epoch: int) -> float:
-        if epoch < warmup_epochs:
-            return _ramp(epoch, warmup_epochs, warmup_start_factor)
-        return max(0.0, 1 - (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)) ** power
-
-    return LambdaLR(optimizer, factor)
+    return LambdaLR(optimizer, _warmed(lambda progress: (1 - progress) ** power, warmup_epochs,
+                                       warmup_start_factor, epochs))
